@@ -12,10 +12,14 @@ from .ir import NetworkSpec
 from .params import canonical_params
 
 
-def random_weights(spec: NetworkSpec, seed: int = 0, dtype: str | np.dtype = "float32") -> dict[str, np.ndarray]:
-    """He-scaled conv / linear weights, BN affine near (1, 0), running mean ~N(0, 0.1²), var ~U(0.5, 1.5).
+def random_weights(spec: object, seed: int = 0, dtype: str | np.dtype = "float32",
+                   calibrate: bool = True) -> dict[str, np.ndarray]:
+    """He-scaled conv / linear weights, BN affine ~U(0.5, 1.5) / N(0, 0.1²), random running statistics.
 
-    Values are drawn in float64 and then cast, so the float32 and float64 sets hold the same numbers.
+    With ``calibrate`` (networks only), the running statistics are first set to the batch statistics of
+    a random 4×3×64×64 input (via the NumPy oracle; each layer's variances floored at a tenth of its median) and then jittered (mean + N(0, 0.1²)·std, var · U(0.7, 1.4)):
+    activations stay near unit scale through 100 layers, as in a trained network, yet eval-mode BN is
+    far from the identity. Values are drawn in float64 and then cast, so float32 and float64 sets match.
     """
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
@@ -32,8 +36,22 @@ def random_weights(spec: NetworkSpec, seed: int = 0, dtype: str | np.dtype = "fl
             value = rng.uniform(0.5, 1.5, p.shape)
         else:  # biases, running_mean
             value = rng.standard_normal(p.shape) * 0.1
-        out[key] = value.astype(dtype)
-    return out
+        out[key] = value
+    if calibrate and isinstance(spec, NetworkSpec):
+        from .oracle import calibrate_batch_norm
+
+        probe = rng.standard_normal((4, spec.in_channels, 64, 64))
+        out = calibrate_batch_norm(spec, out, probe)
+        for key, p in canonical_params(spec).items():
+            if p.role == "running_mean":
+                std = np.sqrt(out[key.replace("running_mean", "running_var")])
+                out[key] = out[key] + rng.standard_normal(p.shape) * 0.1 * std
+            elif p.role == "running_var":
+                # floor near-dead channels at a tenth of the layer's median: dividing by ~0 would
+                # amplify them 1000x on any other input
+                floor = 0.1 * float(np.median(out[key])) + 1e-3
+                out[key] = np.maximum(out[key], floor) * rng.uniform(0.7, 1.4, p.shape)
+    return {k: (v if v.dtype.kind in "iu" else v.astype(dtype)) for k, v in out.items()}
 
 
 def random_input(shape: tuple[int, ...], seed: int = 0, dtype: str | np.dtype = "float32") -> np.ndarray:
