@@ -1,0 +1,137 @@
+"""``groupnets`` command line: verify, summary, list (and convert).
+
+Exit status: 0 success; 1 an equivalence bound was exceeded; 2 bad input (the message says which
+file / name / option and why; no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from .errors import GroupnetsError
+
+EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _size(values: Sequence[int]) -> tuple[int, int]:
+    if len(values) == 1:
+        return values[0], values[0]
+    if len(values) == 2:
+        return values[0], values[1]
+    raise GroupnetsError("--size takes H or H W")
+
+
+def _prepare_environment(args: argparse.Namespace) -> None:
+    """Settings frameworks read at import time, so they must be set before any backend is imported."""
+    if getattr(args, "keras_backend", None):
+        os.environ["KERAS_BACKEND"] = args.keras_backend
+    if "float64" in getattr(args, "dtypes", ()):
+        # JAX computes float64 in float32 unless x64 mode is on before arrays are made
+        os.environ.setdefault("JAX_ENABLE_X64", "1")
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .registry import get_spec, list_models
+    from .verify import verify
+
+    models = list_models() if args.all else (args.models or ["shufflenet_v2_x1_0"])
+    frameworks = tuple(f.strip() for f in args.frameworks.split(",") if f.strip())
+    weights = None
+    if args.weights:
+        from .convert import read_weights
+        weights, source_model = read_weights(args.weights)
+        if len(models) != 1:
+            raise GroupnetsError("--weights verifies one model; name it")
+        if source_model and source_model != models[0]:
+            raise GroupnetsError(f"{args.weights}: holds weights for {source_model!r}, not {models[0]!r}")
+    h, w = _size(args.size)
+    all_ok = True
+    for name in models:
+        spec = get_spec(name, args.num_classes or 1000)
+        if weights is not None and args.num_classes is None:
+            spec = get_spec(name, int(weights["fc.weight"].shape[0])) if "fc.weight" in weights else spec
+        report = verify(spec, frameworks, args.dtypes, weights, (args.batch, spec.in_channels, h, w), args.seed,
+                        args.taps)
+        print(report.format_table(), flush=True)
+        all_ok &= report.ok
+    return EXIT_OK if all_ok else EXIT_MISMATCH
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from .registry import get_spec
+    from .summary import summarize
+
+    for name in args.models:
+        print(summarize(get_spec(name, args.num_classes), _size(args.size)).format_table())
+    return EXIT_OK
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .params import count_parameters
+    from .registry import get_spec, list_models
+
+    for name in list_models(args.pattern):
+        print(f"{name:<28}{count_parameters(get_spec(name)):>14,} params")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="groupnets", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("verify", help="run one weight set in every framework and compare the outputs")
+    p.add_argument("models", nargs="*", help="model names (default: shufflenet_v2_x1_0)")
+    p.add_argument("--all", action="store_true", help="every registered model")
+    p.add_argument("--frameworks", default="torch,keras,flax",
+                   help="comma-separated: torch, keras, flax, numpy (the float64 oracle)")
+    p.add_argument("--dtype", dest="dtypes", action="append", choices=["float32", "float64"],
+                   help="repeatable; default both")
+    p.add_argument("--size", type=int, nargs="+", default=[224], metavar="N", help="input H [W] (default 224)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--taps", action="store_true", help="also compare every stage output")
+    p.add_argument("--weights", help="verify these weights (any format groupnets reads) instead of random ones")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--keras-backend", choices=["tensorflow", "jax", "torch"],
+                   help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("summary", help="per-stage shapes, parameters and multiply-adds from the spec")
+    p.add_argument("models", nargs="+")
+    p.add_argument("--size", type=int, nargs="+", default=[224], metavar="N")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.set_defaults(func=_cmd_summary)
+
+    p = sub.add_parser("list", help="registered models")
+    p.add_argument("pattern", nargs="?")
+    p.set_defaults(func=_cmd_list)
+
+    try:
+        from .convert import add_convert_parser
+        add_convert_parser(sub)
+    except ImportError:  # pragma: no cover - convert is optional during bootstrap
+        pass
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "dtypes", None) is None and args.command == "verify":
+        args.dtypes = ["float32", "float64"]
+    try:
+        _prepare_environment(args)
+        return args.func(args)
+    except GroupnetsError as error:
+        print(f"groupnets {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"groupnets {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

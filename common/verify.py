@@ -1,0 +1,175 @@
+"""Cross-framework equivalence: one weight set, one input, every framework, every pair compared.
+
+Backends are imported by name only when asked for (``importlib``), so ``common`` itself stays free of
+any framework. Outputs are compared in NCHW after transposing the channels-last backends back, with
+the relative error measured against the largest |value| of the pair, as the project's bounds are stated.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+
+import numpy as np
+
+from .errors import GroupnetsError
+from .ir import NetworkSpec
+from .random_weights import random_input, random_weights
+from .registry import get_spec
+
+#: The product's promise, eval mode, relative to the output's max |value|.
+BOUNDS: dict[str, float] = {"float32": 1e-5, "float64": 1e-12}
+#: "numpy" is the float64 oracle of :mod:`common.oracle`, usable as a fourth party.
+KNOWN_FRAMEWORKS = ("torch", "keras", "flax", "numpy")
+DEFAULT_FRAMEWORKS = ("torch", "keras", "flax")
+
+
+def load_backend(framework: str) -> ModuleType:
+    """``torch_impl`` / ``keras_impl`` / ``flax_impl``; a clear error if the framework is missing."""
+    if framework not in KNOWN_FRAMEWORKS or framework == "numpy":
+        raise GroupnetsError(f"unknown framework {framework!r}; choose from {', '.join(KNOWN_FRAMEWORKS)}")
+    try:
+        return importlib.import_module(f"{framework}_impl")
+    except ImportError as error:
+        raise GroupnetsError(f"framework {framework!r} is not installed ({error}); "
+                             f"install groupnets[{framework}]") from error
+
+
+def framework_label(framework: str) -> str:
+    """``keras`` is labelled with the Keras backend it ran on, e.g. ``keras[jax]``."""
+    if framework == "keras":
+        return f"keras[{os.environ.get('KERAS_BACKEND', 'tensorflow')}]"
+    return framework
+
+
+def to_nchw(array: np.ndarray) -> np.ndarray:
+    return array.transpose(0, 3, 1, 2) if array.ndim == 4 else array
+
+
+def to_nhwc(array: np.ndarray) -> np.ndarray:
+    return array.transpose(0, 2, 3, 1) if array.ndim == 4 else array
+
+
+def run_framework(framework: str, node: object, weights: Mapping[str, np.ndarray], x_nchw: np.ndarray,
+                  dtype: str, taps: bool = False) -> dict[str, np.ndarray]:
+    """Build ``node`` in ``framework``, load ``weights``, run ``x_nchw``; outputs in NCHW, float64."""
+    if framework == "numpy":
+        from .oracle import forward
+        # the oracle computes in float64, on the same dtype-rounded numbers the frameworks see
+        rounded = {k: (v if v.dtype.kind in "iu" else v.astype(dtype)) for k, v in weights.items()}
+        return forward(node, rounded, x_nchw.astype(dtype), taps)
+    backend = load_backend(framework)
+    model = backend.build(node, dtype=dtype)
+    backend.load_weights(model, weights)
+    x = x_nchw if backend.DATA_FORMAT == "channels_first" else to_nhwc(x_nchw)
+    outputs = backend.forward_numpy(model, np.ascontiguousarray(x.astype(dtype)), taps=taps)
+    if backend.DATA_FORMAT != "channels_first":
+        outputs = {k: to_nchw(v) for k, v in outputs.items()}
+    return {k: np.asarray(v) for k, v in outputs.items()}
+
+
+@dataclass(frozen=True)
+class PairResult:
+    model: str
+    dtype: str
+    a: str
+    b: str
+    tap: str
+    max_abs: float
+    max_rel: float
+    bound: float
+
+    @property
+    def ok(self) -> bool:
+        return bool(np.isfinite(self.max_rel)) and self.max_rel <= self.bound
+
+
+def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """``(max |a-b|, max |a-b| / max(|a|, |b|))``; NaN/Inf anywhere → ``inf`` (never passes)."""
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a64.shape != b64.shape:
+        raise GroupnetsError(f"output shapes differ: {a64.shape} vs {b64.shape}")
+    if not (np.isfinite(a64).all() and np.isfinite(b64).all()):
+        return float("inf"), float("inf")
+    max_abs = float(np.abs(a64 - b64).max()) if a64.size else 0.0
+    scale = max(float(np.abs(a64).max(initial=0.0)), float(np.abs(b64).max(initial=0.0)))
+    return max_abs, (max_abs / scale if scale > 0 else max_abs)
+
+
+@dataclass
+class VerifyReport:
+    results: list[PairResult] = field(default_factory=list)
+    input_shape: tuple[int, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.results) and all(r.ok for r in self.results)
+
+    def worst(self) -> PairResult | None:
+        return max(self.results, key=lambda r: r.max_rel / r.bound, default=None)
+
+    def first_divergence(self, model: str, dtype: str, a: str, b: str) -> str | None:
+        """The first tap (stem → logits) of a pair that exceeds its bound: where to start looking."""
+        for r in self.results:
+            if (r.model, r.dtype, r.a, r.b) == (model, dtype, a, b) and not r.ok:
+                return r.tap
+        return None
+
+    def format_table(self) -> str:
+        lines = [f"{'model':<24}{'dtype':<9}{'pair':<32}{'tap':<11}{'max |Δ|':>10}{'max rel':>10}"
+                 f"{'bound':>8}  ok"]
+        for r in self.results:
+            pair = f"{r.a} vs {r.b}"
+            lines.append(f"{r.model:<24}{r.dtype:<9}{pair:<32}{r.tap:<11}{r.max_abs:>10.2e}"
+                         f"{r.max_rel:>10.2e}{r.bound:>8.0e}  {'ok' if r.ok else 'FAIL'}")
+        worst = self.worst()
+        verdict = "all pairs within bounds" if self.ok else "SOME PAIRS EXCEED THEIR BOUND"
+        if worst is not None:
+            verdict += f" (worst: {worst.model} {worst.dtype} {worst.a} vs {worst.b} {worst.tap}: " \
+                       f"{worst.max_rel:.2e} of {worst.bound:.0e})"
+        lines.append(verdict)
+        return "\n".join(lines)
+
+
+def verify(model: str | NetworkSpec | object = "shufflenet_v2_x1_0",
+           frameworks: Sequence[str] = DEFAULT_FRAMEWORKS,
+           dtypes: Sequence[str] = ("float32", "float64"),
+           weights: Mapping[str, np.ndarray] | None = None,
+           input_shape: tuple[int, int, int, int] = (2, 3, 224, 224),
+           seed: int = 0,
+           taps: bool = False,
+           num_classes: int | None = None) -> VerifyReport:
+    """Run ``model`` in every framework on the same weights and input; compare every pair.
+
+    ``model``: a registered name, a ``NetworkSpec``, or any IR node (a primitive or block; then
+    ``input_shape`` must fit it). ``weights``: canonical weights (default: :func:`random_weights`
+    with calibrated, jittered BN statistics). ``taps=True`` also compares every stage output, so a
+    mismatch points at the first stage that diverges. The input is NCHW; channels-last frameworks get
+    it transposed. Each dtype runs every framework from the same float64-drawn numbers.
+    """
+    if isinstance(model, (str, NetworkSpec)):
+        node = get_spec(model, num_classes if num_classes is not None else
+                        (model.num_classes if isinstance(model, NetworkSpec) else 1000))
+    else:
+        node = model
+    name = getattr(node, "name", type(node).__name__)
+    for dtype in dtypes:
+        if dtype not in BOUNDS:
+            raise GroupnetsError(f"unknown dtype {dtype!r}; choose from {', '.join(BOUNDS)}")
+    if len(frameworks) < 2:
+        raise GroupnetsError("verify needs at least two frameworks to compare")
+    base_weights = weights if weights is not None else random_weights(node, seed, "float64")
+    x = random_input(tuple(input_shape), seed + 1, "float64")
+    report = VerifyReport(input_shape=tuple(input_shape))
+    for dtype in dtypes:
+        outputs = {fw: run_framework(fw, node, base_weights, x, dtype, taps) for fw in frameworks}
+        for i, a in enumerate(frameworks):
+            for b in frameworks[i + 1:]:
+                for tap in outputs[a]:
+                    max_abs, max_rel = compare(outputs[a][tap], outputs[b][tap])
+                    report.results.append(PairResult(name, dtype, framework_label(a), framework_label(b), tap,
+                                                     max_abs, max_rel, BOUNDS[dtype]))
+    return report
