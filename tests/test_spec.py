@@ -134,8 +134,8 @@ def test_indivisible_groups_name_the_layer():
     from common.shufflenet_v1 import build as build_v1
     with pytest.raises(SpecError, match=r"layer 'stage2\.0\.branch\.6'.*groups=3"):
         build_v1("bad", ShuffleNetV1Config(groups=3, stage_channels=(240, 480, 960), stem_channels=25))
-    with pytest.raises(SpecError, match="stage2.*groups=5"):
-        ShuffleNetV1Config(groups=5, stage_channels=(240, 480, 960))
+    with pytest.raises(SpecError, match="stage2.*groups=7"):
+        ShuffleNetV1Config(groups=7, stage_channels=(240, 480, 960))
     with pytest.raises(SpecError, match="even"):
         ShuffleNetV2Config(stages_out_channels=(24, 117, 232, 464, 1024))
     with pytest.raises(SpecError, match="grouped conv.*groups=4"):
