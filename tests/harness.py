@@ -31,3 +31,39 @@ def assert_close(a: np.ndarray, b: np.ndarray, dtype: str, what: str) -> tuple[f
     max_abs, max_rel = compare(a, b)
     assert max_rel <= BOUNDS[dtype], f"{what}: max rel {max_rel:.3e} > {BOUNDS[dtype]:.0e} (max |Δ| {max_abs:.3e})"
     return max_abs, max_rel
+
+
+def to_tensor(framework: str, x: np.ndarray):
+    """A framework tensor holding ``x`` (already in that framework's layout)."""
+    if framework == "torch":
+        import torch
+        return torch.from_numpy(np.ascontiguousarray(x))
+    if framework == "keras":
+        import keras
+        return keras.ops.convert_to_tensor(x)
+    import jax.numpy as jnp
+    return jnp.asarray(x)
+
+
+def to_numpy(framework: str, t) -> np.ndarray:
+    if framework == "torch":
+        return t.detach().numpy()
+    if framework == "keras":
+        import keras
+        return np.asarray(keras.ops.convert_to_numpy(t))
+    return np.asarray(t)
+
+
+def trainable_parameter_count(framework: str, model) -> int:
+    """What each framework itself reports as trainable parameters."""
+    if framework == "torch":
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if framework == "keras":
+        return int(sum(np.prod(v.shape) for v in model.trainable_weights))
+    import jax
+    from flax import nnx
+    return int(sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))))
+
+
+def native_layout(framework: str, x_nchw: np.ndarray) -> np.ndarray:
+    return x_nchw if framework == "torch" else x_nchw.transpose(0, 2, 3, 1)

@@ -1,0 +1,68 @@
+"""The ``groupnets`` command line, run as users run it (a subprocess of the installed console script)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GROUPNETS = str(Path(sys.executable).with_name("groupnets"))
+
+
+def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([GROUPNETS, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def test_verify_prints_a_table_for_every_pair_and_dtype():
+    result = run("verify", "shufflenet_v2_x0_5", "--size", "40", "56", "--batch", "1")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("shufflenet_v2_x0_5")]
+    pairs = {" ".join(line.split()[2:5]) for line in rows}
+    assert pairs == {"torch vs keras[tensorflow]", "torch vs flax", "keras[tensorflow] vs flax"}
+    assert {line.split()[1] for line in rows} == {"float32", "float64"}
+    assert all(line.rstrip().endswith("ok") for line in rows) and "all pairs within bounds" in result.stdout
+
+
+def test_verify_taps_and_the_oracle():
+    result = run("verify", "shufflenet_v1_g2_x0_5", "--size", "32", "--taps", "--frameworks", "torch,numpy",
+                 "--dtype", "float64")
+    assert result.returncode == 0, result.stderr
+    for tap in ("stem", "stage2", "stage3", "stage4", "pre_logits", "logits"):
+        assert f" {tap} " in result.stdout
+
+
+@pytest.mark.slow
+def test_verify_default_is_the_main_job():
+    """No arguments: shufflenet_v2_x1_0, torch/keras/flax, float32 and float64, 224x224."""
+    result = run("verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("shufflenet_v2_x1_0") == 6 and "all pairs within bounds" in result.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (("verify", "shufflenet_v9"), "unknown model 'shufflenet_v9'"),
+    (("verify", "--frameworks", "torch"), "at least two frameworks"),
+    (("verify", "--frameworks", "torch,mxnet"), "unknown framework 'mxnet'"),
+    (("summary", "resnext50_32x3d"), "did you mean resnext50_32x4d"),
+    (("verify", "--size", "1", "2", "3"), "--size takes"),
+])
+def test_bad_input_exits_2_with_a_message(args, message):
+    result = run(*args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_summary_prints_reference_figures():
+    result = run("summary", "resnext50_32x4d", "shufflenet_v2_x1_0")
+    assert result.returncode == 0
+    assert "25,028,904" in result.stdout and "4.230 GMACs" in result.stdout
+    assert "2,278,604" in result.stdout and "0.145 GMACs" in result.stdout
+
+
+def test_list():
+    result = run("list", "resnext")
+    assert result.returncode == 0 and result.stdout.split()[::3] == [
+        "resnext101_32x8d", "resnext101_64x4d", "resnext50_32x4d"]

@@ -1,0 +1,125 @@
+"""Primitives in every framework vs the NumPy oracle and vs each other, weights moved through
+``export_weights`` / ``load_weights``; hypothesis over channels, groups, stride, odd/even/non-square."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from common import SpecError, ir, random_input, random_weights
+from common.oracle import channel_shuffle as oracle_shuffle
+from common.oracle import channel_split as oracle_split
+from common.primitives import depthwise_conv, depthwise_separable_conv, grouped_conv
+from common.verify import BOUNDS, compare, run_framework
+from harness import native_layout, to_numpy, to_tensor
+from conftest import FRAMEWORKS, import_backend
+
+DTYPES = ("float32", "float64")
+
+
+def assert_framework_matches(framework: str, node: object, x_shape: tuple[int, ...], dtype: str, seed: int = 0):
+    """``framework`` vs the oracle and vs every other framework, on one weight set and input."""
+    weights = random_weights(node, seed, "float64")
+    x = random_input(x_shape, seed + 1, "float64")
+    mine = run_framework(framework, node, weights, x, dtype)["output"]
+    for other in ("numpy", *FRAMEWORKS):
+        if other == framework:
+            continue
+        theirs = run_framework(other, node, weights, x, dtype)["output"]
+        max_abs, max_rel = compare(mine, theirs)
+        assert max_rel <= BOUNDS[dtype], (f"{framework} vs {other} on {node}, input {x_shape}, {dtype}: "
+                                          f"max rel {max_rel:.3e} (max |Δ| {max_abs:.3e})")
+
+
+@st.composite
+def conv_cases(draw, depthwise: bool = False):
+    groups = draw(st.sampled_from([1, 2, 3, 4, 8]))
+    in_ch = groups * draw(st.integers(1, 4))
+    if depthwise:
+        node = depthwise_conv(in_ch, draw(st.sampled_from([3, 5])), draw(st.sampled_from([1, 2])),
+                              multiplier=draw(st.integers(1, 2)))
+    else:
+        node = grouped_conv(in_ch, groups * draw(st.integers(1, 4)), draw(st.sampled_from([1, 3])),
+                            draw(st.sampled_from([1, 2])), groups, bias=draw(st.booleans()))
+    h, w = draw(st.integers(1, 13)), draw(st.integers(1, 13))
+    return node, (draw(st.sampled_from([1, 2])), in_ch, h, w)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@given(case=conv_cases())
+def test_grouped_conv(framework, dtype, case):
+    node, shape = case
+    assert_framework_matches(framework, node, shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@given(case=conv_cases(depthwise=True))
+def test_depthwise_conv(framework, dtype, case):
+    node, shape = case
+    assert_framework_matches(framework, node, shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("stride,size", [(1, (8, 8)), (2, (8, 8)), (2, (9, 7)), (2, (1, 1))])
+def test_depthwise_separable_conv(framework, dtype, stride, size):
+    assert_framework_matches(framework, depthwise_separable_conv(6, 10, 3, stride), (2, 6, *size), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("node", [
+    ir.BatchNorm2d(6), ir.MaxPool2d(3, 2, 1), ir.AvgPool2d(3, 2, 1), ir.ReLU(),
+    ir.ChannelShuffle(3), ir.ChannelShuffle(3, "inverse"), ir.ChannelShuffle(2),
+], ids=lambda n: repr(n))
+@pytest.mark.parametrize("size", [(8, 8), (9, 7), (2, 3)])
+def test_leaf_ops(framework, dtype, node, size):
+    assert_framework_matches(framework, node, (2, 6, *size), dtype)
+
+
+def test_stride2_padding_is_symmetric(framework):
+    """The TF/Flax "same" trap: on even sizes bottom/right-only padding differs from PyTorch by O(1)."""
+    node = grouped_conv(4, 4, 3, 2, groups=2)
+    weights = random_weights(node, 3, "float64")
+    x = random_input((1, 4, 8, 8), 4, "float64")
+    ours = run_framework(framework, node, weights, x, "float64")["output"]
+    padded = np.pad(x, ((0, 0), (0, 0), (0, 2), (0, 2)))  # what "same" would see: 0 top/left, 1+ bottom/right
+    from common.oracle import conv2d
+    same_style = conv2d(padded, weights["weight"], None, 2, 0, 2)[:, :, :4, :4]
+    assert compare(ours, same_style)[0] > 1e-3  # the trap is real on this input ...
+    assert compare(ours, run_framework("numpy", node, weights, x, "float64")["output"])[1] <= 1e-12  # ... and avoided
+
+
+@pytest.mark.parametrize("convention", ["paper", "inverse"])
+@pytest.mark.parametrize("channels,groups", [(12, 3), (12, 4), (8, 2), (9, 3), (16, 8)])
+def test_channel_shuffle_function(framework, convention, channels, groups):
+    backend = import_backend(framework)
+    x = random_input((2, channels, 3, 5), 0, "float32")
+    out = backend.channel_shuffle(to_tensor(framework, native_layout(framework, x)), groups, convention)
+    assert np.array_equal(to_numpy(framework, out), native_layout(framework, oracle_shuffle(x, groups, convention)))
+
+
+@pytest.mark.parametrize("sections", [1, 2, 4])
+def test_channel_split_function(framework, sections):
+    backend = import_backend(framework)
+    x = random_input((2, 8, 3, 5), 0, "float32")
+    parts = backend.channel_split(to_tensor(framework, native_layout(framework, x)), sections)
+    expected = oracle_split(x, sections)
+    assert len(parts) == sections
+    for got, want in zip(parts, expected):
+        assert np.array_equal(to_numpy(framework, got), native_layout(framework, want))
+
+
+def test_bad_group_counts_raise_clear_errors(framework):
+    backend = import_backend(framework)
+    x = to_tensor(framework, native_layout(framework, random_input((1, 10, 2, 2), 0, "float32")))
+    with pytest.raises(ValueError, match="divisible"):
+        backend.channel_shuffle(x, 3)
+    with pytest.raises(ValueError, match="divisible"):
+        backend.channel_split(x, 3)
+    with pytest.raises(SpecError, match="groups"):
+        grouped_conv(10, 12, groups=4)
