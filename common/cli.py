@@ -42,9 +42,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     weights = None
     if args.weights:
         from .convert import read_weights
-        weights, source_model = read_weights(args.weights)
         if len(models) != 1:
             raise GroupnetsError("--weights verifies one model; name it")
+        weights, source_model = read_weights(args.weights, model=models[0])
         if source_model and source_model != models[0]:
             raise GroupnetsError(f"{args.weights}: holds weights for {source_model!r}, not {models[0]!r}")
     h, w = _size(args.size)

@@ -1,0 +1,190 @@
+"""Weight files in any framework's format ⇄ canonical weights ⇄ any other format.
+
+| format | extensions | read / written by |
+|---|---|---|
+| ``canonical`` | ``.safetensors`` | :mod:`common.weights_io` (metadata: model, num_classes, format) |
+| ``torch`` | ``.pth``, ``.pt`` | ``torch_impl`` — ``torch.load(weights_only=True)``; plain, wrapped (``state_dict`` / ``model``) or DataParallel (``module.``) state_dicts |
+| ``keras-weights`` | ``.weights.h5`` | ``keras_impl`` — ``model.save_weights`` / ``load_weights`` |
+| ``keras`` | ``.keras`` | ``keras_impl`` — whole model, loaded with ``safe_mode=True`` |
+| ``flax`` | ``.msgpack`` | ``flax_impl`` — ``flax.serialization`` msgpack of the NNX state + metadata |
+
+Every path goes through canonical weights, so there is one porting table and N readers + N writers
+instead of N² converters. Outputs are written atomically; inputs are never unpickled.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GroupnetsError, WeightsFileError
+from .ir import NetworkSpec
+from .porting import check_weights
+from .registry import get_spec
+from .weights_io import atomic_output, load_weights, save_weights
+
+#: format → (backend package or None for common, extensions)
+FORMATS: dict[str, tuple[str | None, tuple[str, ...]]] = {
+    "canonical": (None, (".safetensors",)),
+    "torch": ("torch", (".pth", ".pt")),
+    "keras-weights": ("keras", (".weights.h5",)),
+    "keras": ("keras", (".keras",)),
+    "flax": ("flax", (".msgpack",)),
+}
+
+
+def detect_format(path: str | Path, explicit: str | None = None) -> str:
+    """The format named by ``explicit``, else by the file name's ending (longest match first)."""
+    if explicit is not None:
+        if explicit not in FORMATS:
+            raise WeightsFileError(f"unknown format {explicit!r}; choose from {', '.join(FORMATS)}")
+        return explicit
+    name = Path(path).name.lower()
+    matches = [(len(ext), fmt) for fmt, (_, exts) in FORMATS.items() for ext in exts if name.endswith(ext)]
+    if not matches:
+        known = ", ".join(ext for _, exts in FORMATS.values() for ext in exts)
+        raise WeightsFileError(f"{path}: unknown extension; use one of {known} (or --from/--to)")
+    return max(matches)[1]
+
+
+def _backend(fmt: str):
+    from .verify import load_backend
+    framework = FORMATS[fmt][0]
+    return None if framework is None else load_backend(framework)
+
+
+def read_weights(path: str | Path, fmt: str | None = None, model: str | NetworkSpec | None = None
+                 ) -> tuple[dict[str, np.ndarray], str | None]:
+    """Read any supported file → ``(canonical weights, model name recorded in the file or None)``.
+
+    ``model`` is needed only by formats that do not record the architecture (``.weights.h5``).
+    """
+    fmt = detect_format(path, fmt)
+    source = Path(path)
+    if not source.exists():
+        raise WeightsFileError(f"{source}: no such file")
+    if source.is_dir():
+        raise WeightsFileError(f"{source}: is a directory, expected a weights file")
+    if source.stat().st_size == 0:
+        raise WeightsFileError(f"{source}: file is empty")
+    backend = _backend(fmt)
+    if backend is None:
+        weights, metadata = load_weights(source)
+    else:
+        spec = None if model is None else get_spec(model) if isinstance(model, str) else model
+        weights, metadata = backend.read_file(source, fmt, spec)
+    return dict(weights), metadata.get("model")
+
+
+def write_weights(path: str | Path, weights: Mapping[str, np.ndarray], spec: NetworkSpec, fmt: str | None = None,
+                  overwrite: bool = False) -> Path:
+    """Write canonical ``weights`` for ``spec`` in ``fmt`` (from the extension by default), atomically."""
+    fmt = detect_format(path, fmt)
+    check_weights(spec, weights, strict=True)
+    metadata = {"model": spec.name, "num_classes": str(spec.num_classes)}
+    backend = _backend(fmt)
+    if backend is None:
+        return save_weights(path, weights, metadata, overwrite=overwrite)
+    with atomic_output(path, overwrite) as tmp:
+        backend.write_file(tmp, weights, spec, fmt, metadata)
+    return Path(path)
+
+
+def nonfinite_keys(weights: Mapping[str, np.ndarray]) -> list[str]:
+    return [k for k, v in weights.items() if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()]
+
+
+@dataclass
+class ConvertResult:
+    source: Path
+    destination: Path
+    source_format: str
+    destination_format: str
+    model: str
+    num_classes: int
+    tensors: int
+    parameters: int
+    report: object | None = None  # a VerifyReport with --verify
+
+
+def _infer_num_classes(weights: Mapping[str, np.ndarray]) -> int | None:
+    fc = weights.get("fc.weight")
+    return int(np.shape(fc)[0]) if fc is not None and np.ndim(fc) == 2 else None
+
+
+def convert(model: str | NetworkSpec, source: str | Path, destination: str | Path, *,
+            source_format: str | None = None, destination_format: str | None = None,
+            num_classes: int | None = None, overwrite: bool = False, verify: bool = False,
+            verify_size: int = 64) -> ConvertResult:
+    """Convert a weight file for ``model`` between any two formats; optionally prove equivalence.
+
+    Checks everything that can be checked before writing anything: formats, the destination (exists
+    without ``overwrite``, missing directory), the model name recorded in the source, and every key,
+    shape and dtype (one error listing all). ``verify`` re-reads the written file (must be bit-exact)
+    and runs :func:`common.verify.verify` with those weights; NaN/Inf weights fail it by name.
+    """
+    src_fmt, dst_fmt = detect_format(source, source_format), detect_format(destination, destination_format)
+    destination = Path(destination)
+    if destination.is_dir():
+        raise WeightsFileError(f"{destination}: is a directory, expected a file path")
+    if not destination.parent.exists():
+        raise WeightsFileError(f"{destination}: directory {destination.parent} does not exist")
+    if destination.exists() and not overwrite:
+        raise WeightsFileError(f"{destination}: exists; refusing to overwrite (use --force)")
+    if Path(source).resolve() == destination.resolve():
+        raise WeightsFileError(f"{destination}: source and destination are the same file")
+    name = model.name if isinstance(model, NetworkSpec) else model
+    base_spec = get_spec(model)
+    weights, recorded = read_weights(source, src_fmt, base_spec)
+    if recorded and recorded != name:
+        raise WeightsFileError(f"{source}: holds weights for {recorded!r}, not {name!r}")
+    classes = num_classes if num_classes is not None else (_infer_num_classes(weights) or base_spec.num_classes)
+    spec = get_spec(model, classes)
+    check_weights(spec, weights, strict=True, source=str(source))
+    write_weights(destination, weights, spec, dst_fmt, overwrite=overwrite)
+    result = ConvertResult(Path(source), destination, src_fmt, dst_fmt, spec.name, classes, len(weights),
+                           sum(int(np.size(v)) for k, v in weights.items() if not k.endswith("num_batches_tracked")))
+    if verify:
+        bad = nonfinite_keys(weights)
+        if bad:
+            raise GroupnetsError(f"{source}: NaN/Inf in {len(bad)} tensors: {', '.join(bad[:8])}")
+        written, _ = read_weights(destination, dst_fmt, spec)
+        changed = [k for k in weights if k not in written or not np.array_equal(written[k], weights[k])]
+        if changed or set(written) != set(weights):
+            raise GroupnetsError(f"{destination}: read back differently for {changed[:8]}")
+        from .verify import verify as run_verify
+        result.report = run_verify(spec, weights=weights, input_shape=(2, spec.in_channels, verify_size, verify_size))
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .cli import EXIT_MISMATCH, EXIT_OK
+
+    result = convert(args.model, args.source, args.destination, source_format=args.from_format,
+                     destination_format=args.to_format, num_classes=args.num_classes, overwrite=args.force,
+                     verify=args.verify, verify_size=args.size)
+    print(f"{result.source} ({result.source_format}) -> {result.destination} ({result.destination_format}): "
+          f"{result.model}, {result.num_classes} classes, {result.tensors} tensors, {result.parameters:,} values")
+    if result.report is not None:
+        print(result.report.format_table())
+        return EXIT_OK if result.report.ok else EXIT_MISMATCH
+    return EXIT_OK
+
+
+def add_convert_parser(sub) -> None:
+    p = sub.add_parser("convert", help="convert a weight file between torch / canonical / keras / flax formats")
+    p.add_argument("model")
+    p.add_argument("source")
+    p.add_argument("destination")
+    p.add_argument("--from", dest="from_format", choices=list(FORMATS))
+    p.add_argument("--to", dest="to_format", choices=list(FORMATS))
+    p.add_argument("--num-classes", type=int, help="default: inferred from fc.weight")
+    p.add_argument("--force", action="store_true", help="overwrite the destination")
+    p.add_argument("--verify", action="store_true", help="re-read the output and verify across frameworks")
+    p.add_argument("--size", type=int, default=64, help="input size for --verify (default 64)")
+    p.set_defaults(func=_cmd_convert)
