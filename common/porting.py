@@ -171,5 +171,5 @@ def to_canonical(spec: object, framework: Framework,
     out = {}
     for fw_key, param in by_fw_key.items():
         _, layout = _rule(framework, param)
-        out[param.key] = np.ascontiguousarray(layout.to_canonical(np.asarray(framework_weights[fw_key]), param.op))
+        out[param.key] = np.require(layout.to_canonical(np.asarray(framework_weights[fw_key]), param.op), requirements="C")
     return out

@@ -20,13 +20,16 @@ def list_models(pattern: str | None = None) -> list[str]:
     return sorted(name for name in _BUILDERS if pattern is None or pattern in name)
 
 
-def get_spec(name: str | NetworkSpec, num_classes: int = 1000) -> NetworkSpec:
-    """The frozen :class:`~common.ir.NetworkSpec` for ``name`` with a ``num_classes``-way ``fc``.
+def get_spec(name: str | NetworkSpec, num_classes: int | None = None) -> NetworkSpec:
+    """The frozen :class:`~common.ir.NetworkSpec` for ``name`` with a ``num_classes``-way ``fc``
+    (default: 1000 for a name; a spec keeps its own).
 
     A ``NetworkSpec`` passes through (its ``fc`` is re-sized if ``num_classes`` differs), so custom
     specs (e.g. ``resnext.build("tiny", ResNeXtConfig((1, 1, 1, 1), groups=4))``) work everywhere a
     name does. Unknown names raise :class:`UnknownModelError` listing close matches.
     """
+    if num_classes is None:
+        num_classes = name.num_classes if isinstance(name, NetworkSpec) else 1000
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise SpecError(f"num_classes must be a positive integer, got {num_classes!r}")
     if isinstance(name, NetworkSpec):

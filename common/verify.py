@@ -151,8 +151,7 @@ def verify(model: str | NetworkSpec | object = "shufflenet_v2_x1_0",
     it transposed. Each dtype runs every framework from the same float64-drawn numbers.
     """
     if isinstance(model, (str, NetworkSpec)):
-        node = get_spec(model, num_classes if num_classes is not None else
-                        (model.num_classes if isinstance(model, NetworkSpec) else 1000))
+        node = get_spec(model, num_classes)
     else:
         node = model
     name = getattr(node, "name", type(node).__name__)
