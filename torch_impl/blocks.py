@@ -1,0 +1,75 @@
+"""The three residual units. Each registers its already-built children under the IR's names
+(``node.children()``), so ``state_dict`` keys are torchvision's; ``forward`` holds the block semantics.
+
+Branching is on ``stride`` / optional children only (fixed at build time), never on data, so the
+blocks trace, ``torch.compile`` and ONNX-export without graph breaks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from common import ir
+
+from .layers import channel_shuffle, channel_split
+
+NamedModules = Iterable[tuple[str, nn.Module]]
+
+
+class ShuffleV2Block(nn.Module):
+    """torchvision ``InvertedResidual``: split (stride 1) or duplicate (stride 2), two branches, concat,
+    shuffle with 2 groups."""
+
+    def __init__(self, node: ir.ShuffleV2Block, children: NamedModules) -> None:
+        super().__init__()
+        self.stride = node.stride
+        for name, module in children:
+            self.add_module(name, module)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x1, x2 = channel_split(x, 2)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2, "paper")
+
+
+class ShuffleV1Block(nn.Module):
+    """ShuffleNet V1 unit: ``relu(x + branch(x))``, or ``relu(cat(shortcut(x), branch(x)))`` when
+    strided (shortcut first, like Megvii's code)."""
+
+    def __init__(self, node: ir.ShuffleV1Block, children: NamedModules) -> None:
+        super().__init__()
+        self.stride = node.stride
+        for name, module in children:
+            self.add_module(name, module)
+        self.relu = nn.ReLU(inplace=True)  # no weights, so not an IR child; applied to a fresh sum/concat
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            return self.relu(x + self.branch(x))
+        return self.relu(torch.cat((self.shortcut(x), self.branch(x)), dim=1))
+
+
+class Bottleneck(nn.Module):
+    """torchvision ResNet ``Bottleneck`` (stride on the grouped 3x3):
+    ``relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + identity)``."""
+
+    def __init__(self, node: ir.Bottleneck, children: NamedModules) -> None:
+        super().__init__()
+        for name, module in children:
+            self.add_module(name, module)
+        if node.downsample is None:
+            self.downsample = None  # torchvision keeps the attribute even when there is no projection
+        self.relu = nn.ReLU(inplace=True)  # torchvision's one shared, weightless ReLU
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)

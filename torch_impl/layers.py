@@ -1,0 +1,69 @@
+"""IR leaf ops → ``torch.nn`` modules, plus the two tensor functions (channel shuffle / split).
+
+Each leaf maps to the stock PyTorch module with the IR's numbers, so ``state_dict`` keys and layouts are
+torchvision's and a torchvision checkpoint loads unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from common import ir
+from common.shuffle import shuffle_view
+
+
+def channel_shuffle(x: torch.Tensor, groups: int, convention: str = "paper") -> torch.Tensor:
+    """Permute channels (dim 1) as :mod:`common.shuffle` defines.
+
+    ``"paper"`` views C as ``(g, C/g)``, ``"inverse"`` as ``(C/g, g)``; then transpose and flatten.
+    ``unflatten``/``flatten`` never mention N, H or W, so dynamic batch/spatial sizes export cleanly.
+    """
+    a, b = shuffle_view(int(x.shape[1]), groups, convention)  # validates; SpecError is a ValueError
+    return x.unflatten(1, (a, b)).transpose(1, 2).flatten(1, 2)
+
+
+def channel_split(x: torch.Tensor, sections: int = 2) -> tuple[torch.Tensor, ...]:
+    """``sections`` equal channel slices (views). ``torch.chunk`` alone would silently return unequal
+    (or fewer) pieces, so divisibility is checked first."""
+    channels = int(x.shape[1])
+    if sections < 1 or channels % sections:
+        raise ValueError(f"channel split: {channels} channels are not divisible into {sections} equal sections")
+    return tuple(torch.chunk(x, sections, dim=1))
+
+
+class ChannelShuffle(nn.Module):
+    """Parameter-free module form of :func:`channel_shuffle` (ShuffleNet V1's ``branch.3``)."""
+
+    def __init__(self, groups: int, convention: str = "paper") -> None:
+        super().__init__()
+        shuffle_view(groups, groups, convention)  # reject an unknown convention at build time
+        self.groups = groups
+        self.convention = convention
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return channel_shuffle(x, self.groups, self.convention)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}, convention={self.convention!r}"
+
+
+def build_leaf(op: ir.LeafOp, dtype: torch.dtype) -> nn.Module:
+    """The ``torch.nn`` module for one IR leaf op; every number comes from ``op``."""
+    if isinstance(op, ir.Conv2d):
+        # Symmetric zero padding on every side is exactly nn.Conv2d's integer ``padding``.
+        return nn.Conv2d(op.in_channels, op.out_channels, op.kernel_size, stride=op.stride,
+                         padding=op.padding, groups=op.groups, bias=op.bias, dtype=dtype)
+    if isinstance(op, ir.BatchNorm2d):
+        return nn.BatchNorm2d(op.num_features, eps=op.eps, momentum=op.momentum, dtype=dtype)
+    if isinstance(op, ir.ReLU):
+        return nn.ReLU(inplace=True)  # as torchvision; only ever applied to a tensor nothing else reads
+    if isinstance(op, ir.MaxPool2d):
+        return nn.MaxPool2d(op.kernel_size, op.stride, op.padding)  # -inf padding, floor rounding
+    if isinstance(op, ir.AvgPool2d):
+        return nn.AvgPool2d(op.kernel_size, op.stride, op.padding)  # count_include_pad=True (default)
+    if isinstance(op, ir.ChannelShuffle):
+        return ChannelShuffle(op.groups, op.convention)
+    if isinstance(op, ir.Linear):
+        return nn.Linear(op.in_features, op.out_features, bias=op.bias, dtype=dtype)
+    raise TypeError(f"not a groupnets IR node: {type(op).__name__}")
