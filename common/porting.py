@@ -156,14 +156,17 @@ def to_framework(spec: object, framework: Framework, weights: Mapping[str, np.nd
 
 
 def to_canonical(spec: object, framework: Framework,
-                 framework_weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+                 framework_weights: Mapping[str, np.ndarray], partial: bool = False) -> dict[str, np.ndarray]:
     """Framework-named arrays (a backend's raw export) → canonical weights, in ``state_dict`` order.
 
     Raises :class:`WeightsMismatchError` (in framework names) if the export does not cover the spec
-    exactly — that would be a backend bug, never silently papered over.
+    exactly — that would be a backend bug, never silently papered over. ``partial=True`` allows a
+    subset (e.g. gradients, which exist only for trainable parameters); unknown keys still fail.
     """
     params = canonical_params(spec)
     by_fw_key = {framework_key(framework, p): p for p in params.values()}
+    if partial:
+        by_fw_key = {k: p for k, p in by_fw_key.items() if k in framework_weights}
     missing = [k for k in by_fw_key if k not in framework_weights]
     unexpected = [k for k in framework_weights if k not in by_fw_key]
     if missing or unexpected:
