@@ -49,6 +49,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             raise GroupnetsError(f"{args.weights}: holds weights for {source_model!r}, not {models[0]!r}")
     h, w = _size(args.size)
     all_ok = True
+    if args.mode == "train":
+        from .train_verify import verify_train
+        for name in models:
+            report = verify_train(name, frameworks, args.dtypes, weights, (max(args.batch, 2), 3, h, w), args.seed,
+                                  freeze=args.freeze, num_classes=args.num_classes)
+            print(report.format_table(failures_only=args.failures_only), flush=True)
+            all_ok &= report.ok
+        return EXIT_OK if all_ok else EXIT_MISMATCH
     for name in models:
         spec = get_spec(name, args.num_classes or 1000)
         if weights is not None and args.num_classes is None:
@@ -95,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--taps", action="store_true", help="also compare every stage output")
     p.add_argument("--weights", help="verify these weights (any format groupnets reads) instead of random ones")
     p.add_argument("--num-classes", type=int)
+    p.add_argument("--mode", choices=["eval", "train"], default="eval",
+                   help="train: train-mode forward, gradients, one SGD step and BN buffers")
+    p.add_argument("--freeze", action="store_true", help="with --mode train: freeze the backbone first")
+    p.add_argument("--failures-only", action="store_true", help="with --mode train: print only failing rows")
     p.add_argument("--keras-backend", choices=["tensorflow", "jax", "torch"],
                    help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
     p.set_defaults(func=_cmd_verify)
