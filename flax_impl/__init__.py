@@ -1,0 +1,27 @@
+"""groupnets in Flax NNX (NHWC), built from the framework-free spec in ``common/``.
+
+Imports only ``jax`` / ``flax`` (+ NumPy and ``common``). The module tree mirrors the canonical
+(torchvision) names: child modules are attributes named ``"0"``, ``"1"``, ``branch2``, ``stage2`` ...
+(set with ``setattr``, never ``nnx.List``), so every array's ``".".join(state path)`` is
+``"{canonical layer}.{kernel|bias|scale|mean|var|num_batches_tracked}"``.
+
+float64 models turn on ``jax_enable_x64`` process-wide when built; float32 models stay float32.
+Models start in train mode (like PyTorch); ``model.eval()`` / ``model.train()`` switch BatchNorm.
+"""
+
+from .blocks import (Bottleneck, Container, Sequential, ShuffleV1Block, ShuffleV2Block, Stage,
+                     build_node)
+from .bridge import forward_numpy
+from .layers import (AvgPool2d, BatchNorm2d, ChannelShuffle, Conv2d, Linear, MaxPool2d, ReLU,
+                     channel_shuffle, channel_split, counter_dtype, resolve_dtype)
+from .model import Network, build, create_model
+from .weights import export_weights, load_weights, model_variables, raw_weights
+
+DATA_FORMAT = "channels_last"
+
+__all__ = [
+    "DATA_FORMAT", "AvgPool2d", "BatchNorm2d", "Bottleneck", "ChannelShuffle", "Container", "Conv2d",
+    "Linear", "MaxPool2d", "Network", "ReLU", "Sequential", "ShuffleV1Block", "ShuffleV2Block", "Stage",
+    "build", "build_node", "channel_shuffle", "channel_split", "counter_dtype", "create_model",
+    "export_weights", "forward_numpy", "load_weights", "model_variables", "raw_weights", "resolve_dtype",
+]
