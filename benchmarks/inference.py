@@ -1,0 +1,216 @@
+"""Inference latency of every backend vs ONNX Runtime, measured side by side in one run.
+
+    .venv/bin/python benchmarks/inference.py                   # 3 models x batch 1, 32 at 224x224
+    .venv/bin/python benchmarks/inference.py --quick           # fewer repeats, batch 1 and 8
+    .venv/bin/python benchmarks/inference.py --models shufflenet_v2_x1_0 --batches 1
+
+Every row runs in its own subprocess (Keras binds its backend at import; peak RSS is then the row's own),
+with the same thread count, after warm-up; the time is the median of the repeats and compile / first-call
+time is reported separately. The ratio column divides by ONNX Runtime's median *from the same run*.
+This is a measurement, not a test: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = ("onnxruntime", "torch", "torch_channels_last", "torch_compile", "keras_tensorflow_xla", "keras_tensorflow",
+        "keras_jax", "keras_torch", "flax_jit", "naive_keras_v1")
+DEFAULT_MODELS = ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "resnext50_32x4d")
+
+
+# ------------------------------------------------------------------------------------------- workers
+def _time(fn, warmup: int, repeats: int) -> tuple[float, float]:
+    start = time.perf_counter()
+    fn()  # first call: tracing / compilation / allocation
+    first = time.perf_counter() - start
+    for _ in range(max(0, warmup - 1)):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples), first
+
+
+def _weights(model: str):
+    from common import get_spec, random_weights
+    spec = get_spec(model)
+    return spec, random_weights(spec, 0, "float32", calibrate=False)
+
+
+def _input(batch: int, size: int, channels_last: bool):
+    import numpy as np
+    x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype("float32")
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if channels_last else x
+
+
+def run_row(row: str, model: str, batch: int, size: int, threads: int, warmup: int, repeats: int) -> dict:
+    spec, weights = _weights(model)
+    if row.startswith("torch") or row == "onnxruntime":
+        import torch
+        import torch_impl
+        torch.set_num_threads(threads)
+        net = torch_impl.create_model(model)
+        torch_impl.load_weights(net, weights)
+        net.eval()
+        x = torch.from_numpy(_input(batch, size, False))
+        if row == "onnxruntime":
+            import onnxruntime as ort
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "model.onnx"
+                torch.onnx.export(net, (x[:1],), str(path), input_names=["input"], output_names=["logits"],
+                                  dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, opset_version=17,
+                                  dynamo=False)
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = threads
+                options.inter_op_num_threads = 1
+                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            feed = {"input": x.numpy()}
+            fn = lambda: session.run(None, feed)  # noqa: E731
+        else:
+            if row == "torch_channels_last":
+                net = net.to(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
+            if row == "torch_compile":
+                net = torch.compile(net)
+
+            def fn():
+                with torch.inference_mode():
+                    return net(x)
+    elif row.startswith("keras") or row == "naive_keras_v1":
+        import keras
+        x = _input(batch, size, True)
+        if row == "naive_keras_v1":
+            from benchmarks.naive_keras import build_naive
+            net = build_naive(spec)
+        else:
+            import keras_impl
+            net = keras_impl.create_model(model)
+            keras_impl.load_weights(net, weights)
+        net.compile(jit_compile=(row == "keras_tensorflow_xla") if keras.backend.backend() == "tensorflow" else "auto")
+        fn = lambda: net.predict_on_batch(x)  # noqa: E731
+    elif row == "flax_jit":
+        import jax
+        from flax import nnx
+        import flax_impl
+        net = flax_impl.create_model(model)
+        flax_impl.load_weights(net, weights)
+        net.eval()
+        graphdef, state = nnx.split(net)
+        forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+        x = jax.numpy.asarray(_input(batch, size, True))
+        fn = lambda: forward(state, x).block_until_ready()  # noqa: E731
+    else:
+        raise ValueError(f"unknown row {row}")
+    median, first = _time(fn, warmup, repeats)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"row": row, "model": model, "batch": batch, "ms": median * 1e3, "first_ms": first * 1e3,
+            "peak_mb": peak_mb}
+
+
+# ------------------------------------------------------------------------------------------- driver
+def _row_env(row: str, threads: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1",
+           "XLA_FLAGS": f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={threads}",
+           "PYTHONPATH": str(ROOT)}
+    if row.startswith("keras_"):
+        env["KERAS_BACKEND"] = {"keras_tensorflow_xla": "tensorflow", "keras_tensorflow": "tensorflow",
+                                "keras_jax": "jax", "keras_torch": "torch"}[row]
+    if row == "naive_keras_v1":
+        env["KERAS_BACKEND"] = "tensorflow"
+    return env
+
+
+def versions() -> str:
+    code = ("import torch, tensorflow, keras, jax, flax, onnxruntime, numpy;"
+            "print(f'torch {torch.__version__}, tensorflow {tensorflow.__version__}, keras {keras.__version__}, "
+            "jax {jax.__version__}, flax {flax.__version__}, onnxruntime {onnxruntime.__version__}, "
+            "numpy {numpy.__version__}')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return out.stdout.strip() or out.stderr.strip().splitlines()[-1]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="batches 1 and 8, 2 warm-up, 5 repeats")
+    parser.add_argument("--json", help="also write the raw rows to this file")
+    parser.add_argument("--worker", nargs=3, metavar=("ROW", "MODEL", "BATCH"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batches, args.warmup, args.repeats = [1, 8], 2, 5
+    if args.worker:
+        row, model, batch = args.worker
+        print("RESULT " + json.dumps(run_row(row, model, int(batch), args.size, args.threads, args.warmup,
+                                             args.repeats)), flush=True)
+        return 0
+
+    print(f"# machine: {platform.machine()}, {os.cpu_count()} cpus, {platform.python_version()}; "
+          f"threads {args.threads}; input {args.size}x{args.size}; median of {args.repeats} after "
+          f"{args.warmup} warm-up")
+    print(f"# {versions()}")
+    results = []
+    for model in args.models:
+        if "naive_keras_v1" in args.rows and not model.startswith("shufflenet_v1"):
+            rows = [r for r in args.rows if r != "naive_keras_v1"]
+        else:
+            rows = list(args.rows)
+        for batch in args.batches:
+            reference = None
+            for row in rows:
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", row, model, str(batch),
+                       "--size", str(args.size), "--threads", str(args.threads), "--warmup", str(args.warmup),
+                       "--repeats", str(args.repeats)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=_row_env(row, args.threads))
+                line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+                if line is None:
+                    error = (proc.stderr.strip().splitlines() or ["no output"])[-1][:80]
+                    result = {"row": row, "model": model, "batch": batch, "error": error}
+                else:
+                    result = json.loads(line[len("RESULT "):])
+                if row == "onnxruntime" and "ms" in result:
+                    reference = result["ms"]
+                result["ratio"] = result["ms"] / reference if reference and "ms" in result else None
+                results.append(result)
+                _print_row(result, batch)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def _print_row(r: dict, batch: int) -> None:
+    if not getattr(_print_row, "header", False):
+        print(f"{'model':<24}{'batch':>6} {'row':<22}{'ms/batch':>10}{'img/s':>9}{'x ORT':>7}{'first ms':>10}"
+              f"{'peak MB':>9}")
+        _print_row.header = True
+    if "error" in r:
+        print(f"{r['model']:<24}{batch:>6} {r['row']:<22}  error: {r['error']}", flush=True)
+        return
+    ratio = f"{r['ratio']:.2f}" if r.get("ratio") else "-"
+    print(f"{r['model']:<24}{batch:>6} {r['row']:<22}{r['ms']:>10.1f}{batch / r['ms'] * 1e3:>9.1f}{ratio:>7}"
+          f"{r['first_ms']:>10.0f}{r['peak_mb']:>9.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
