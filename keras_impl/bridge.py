@@ -1,0 +1,55 @@
+"""NumPy in, NumPy out: eval-mode forward passes and per-stage taps.
+
+Keras has no train/eval *mode* (it is the ``training`` call argument), so ``forward_numpy`` always calls
+with ``training=False`` and leaves nothing to restore.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import keras
+import numpy as np
+
+from common import ir
+
+_TAPS_MODELS: "weakref.WeakKeyDictionary[keras.Model, keras.Model]" = weakref.WeakKeyDictionary()
+
+
+def taps_model(model: keras.Model) -> keras.Model:
+    """A second functional model sharing ``model``'s layers whose outputs are the dict of every tap
+    (``spec.stage_names``). Cached per model, outside Keras' tracking so it is not saved twice."""
+    if not isinstance(model.spec, ir.NetworkSpec):
+        raise ValueError(f"taps exist only for networks, not for a {type(model.spec).__name__}")
+    cached = _TAPS_MODELS.get(model)
+    if cached is None:
+        outputs = {name: model.tap_tensors[name] for name in model.spec.stage_names}
+        cached = keras.Model(model.inputs[0], outputs, name=f"{model.name}_taps")
+        _TAPS_MODELS[model] = cached
+    return cached
+
+
+def _check_input(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    expected = model.inputs[0].shape  # (None, H?, W?, C) or (None, in_features)
+    dtype = keras.backend.standardize_dtype(model.inputs[0].dtype)
+    x = np.asarray(x)
+    if x.ndim != len(expected):
+        raise ValueError(f"{model.name} expects a {len(expected)}-D input {tuple(expected)}, got shape {x.shape}")
+    channels = expected[-1]
+    if channels is not None and x.shape[-1] != channels:
+        hint = (" — this looks like NCHW; Keras models take channels-last NHWC (transpose 0, 2, 3, 1)"
+                if x.ndim == 4 and x.shape[1] == channels else "")
+        raise ValueError(f"{model.name} expects {channels} channels on the last axis, got shape {x.shape}{hint}")
+    return x.astype(dtype, copy=False)
+
+
+def forward_numpy(model: keras.Model, x: np.ndarray, taps: bool = False) -> dict[str, np.ndarray]:
+    """Eval-mode forward of an NHWC NumPy array. A network gives ``{"logits"}`` (every tap of
+    ``spec.stage_names`` with ``taps=True``); any other node gives ``{"output"}``."""
+    x = _check_input(model, x)
+    if isinstance(model.spec, ir.NetworkSpec):
+        if taps:
+            out = taps_model(model)(x, training=False)
+            return {name: keras.ops.convert_to_numpy(out[name]) for name in model.spec.stage_names}
+        return {"logits": keras.ops.convert_to_numpy(model(x, training=False))}
+    return {"output": keras.ops.convert_to_numpy(model(x, training=False))}

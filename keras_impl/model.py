@@ -1,0 +1,199 @@
+"""The registered model class, ``build`` / ``create_model``, dtype checks and IR (de)serialisation.
+
+A :class:`GroupNet` is a functional ``keras.Model`` subclass: Keras sees a plain layer graph (so
+``summary()``, ``fit()``, ``save()`` and feature extraction all work), and the class adds ``spec`` (the IR
+node it was built from) plus a ``get_config`` that rebuilds the same graph on load. Registered networks
+store just their name and ``num_classes``; any other node stores its IR tree as plain JSON (whitelisted
+dataclasses only — nothing executable), so custom specs save and load under ``safe_mode=True`` too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import keras
+import numpy as np
+
+from common import ir
+from common.errors import GroupnetsError, SpecError, UnknownModelError
+from common.registry import get_spec
+
+from .blocks import apply_node, network
+from .layers import keras_name
+
+SUPPORTED_DTYPES = ("float32", "float64")
+
+_IR_TYPES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (ir.Conv2d, ir.BatchNorm2d, ir.ReLU, ir.MaxPool2d, ir.AvgPool2d, ir.ChannelShuffle,
+                ir.Linear, ir.Sequential, ir.ShuffleV2Block, ir.ShuffleV1Block, ir.Bottleneck, ir.Stage,
+                ir.NetworkSpec)
+}
+_BUILDABLE = tuple(_IR_TYPES.values())
+
+
+# ------------------------------------------------------------------------------------------- dtype
+def check_dtype(dtype: Any) -> str:
+    """Normalise ``dtype`` to ``"float32"`` / ``"float64"``; refuse float64 that would silently be float32.
+
+    On the JAX backend without x64, JAX truncates float64 to float32 on every array creation, so a
+    "float64" model would compute in float32 without any error. Detected without importing jax.
+    """
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = str(dtype)
+    if name not in SUPPORTED_DTYPES:
+        raise GroupnetsError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
+    if name == "float64" and keras.backend.backend() == "jax":
+        probe = keras.ops.convert_to_tensor(np.zeros(1, "float64"))
+        if keras.backend.standardize_dtype(probe.dtype) != "float64":
+            raise GroupnetsError(
+                "float64 on the Keras JAX backend needs JAX's 64-bit mode, which is off: every float64 "
+                "array would silently become float32. Set the environment variable JAX_ENABLE_X64=1 "
+                "before starting Python (or run jax.config.update('jax_enable_x64', True) before "
+                "importing keras)."
+            )
+    return name
+
+
+# ----------------------------------------------------------------------------- IR <-> plain JSON
+def spec_to_config(node: object) -> Any:
+    """An IR tree as JSON-able data: dataclasses become ``{"__ir__": type, field: value}``."""
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        kind = type(node).__name__
+        if _IR_TYPES.get(kind) is not type(node):
+            raise TypeError(f"not a groupnets IR node: {type(node)!r}")
+        return {"__ir__": kind, **{f.name: spec_to_config(getattr(node, f.name)) for f in dataclasses.fields(node)}}
+    if isinstance(node, (tuple, list)):
+        return [spec_to_config(v) for v in node]
+    if node is None or isinstance(node, (bool, int, float, str)):
+        return node
+    raise TypeError(f"cannot serialise {type(node).__name__} in an IR tree")
+
+
+def spec_from_config(data: Any) -> Any:
+    """Inverse of :func:`spec_to_config`; only the IR dataclasses of :mod:`common.ir` can be created."""
+    if isinstance(data, dict):
+        fields = dict(data)
+        kind = fields.pop("__ir__", None)
+        cls = _IR_TYPES.get(kind)
+        if cls is None:
+            raise SpecError(f"unknown IR node type {kind!r} in a saved config")
+        return cls(**{k: spec_from_config(v) for k, v in fields.items()})
+    if isinstance(data, list):  # every IR container field is a tuple (frozen dataclasses)
+        return tuple(spec_from_config(v) for v in data)
+    return data
+
+
+def _is_registered(spec: object) -> bool:
+    if not isinstance(spec, ir.NetworkSpec):
+        return False
+    try:
+        return get_spec(spec.name, spec.num_classes) == spec
+    except UnknownModelError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------- model
+def input_shape(node: object) -> tuple:
+    """Keras input shape (no batch axis): NHWC with the node's input channels, or ``(in,)`` for Linear.
+
+    Weightless ops (ReLU, pools, shuffle) keep any channel count, so theirs is ``None``.
+    """
+    if isinstance(node, ir.Linear):
+        return (node.in_features,)
+    return (None, None, input_channels(node))
+
+
+def input_channels(node: object) -> int | None:
+    if isinstance(node, ir.NetworkSpec):
+        return node.in_channels
+    if isinstance(node, ir.Conv2d):
+        return node.in_channels
+    if isinstance(node, ir.BatchNorm2d):
+        return node.num_features
+    if isinstance(node, (ir.ShuffleV2Block, ir.ShuffleV1Block)):
+        return node.in_channels
+    if isinstance(node, ir.Bottleneck):
+        return node.conv1.in_channels
+    if isinstance(node, (ir.Sequential, ir.Stage)):
+        # Weightless ops keep the channel count, so the first op that knows it decides.
+        for _, child in node.children():
+            channels = input_channels(child)
+            if channels is not None:
+                return channels
+    return None
+
+
+@keras.saving.register_keras_serializable(package="groupnets")
+class GroupNet(keras.Model):
+    """A functional Keras model built from any groupnets IR node, keeping it as ``self.spec``.
+
+    For a :class:`~common.ir.NetworkSpec` the output is the logits ``(N, num_classes)``; the per-stage
+    taps (``stem``, stages, ``pre_logits``, ``logits``) are the tensors in :attr:`tap_tensors`.
+    """
+
+    def __init__(self, spec: object, dtype: str = "float32", name: str | None = None,
+                 trainable: bool = True) -> None:
+        if not isinstance(spec, _BUILDABLE):
+            raise TypeError(f"build() takes a groupnets IR node, got {type(spec).__name__}")
+        dtype = check_dtype(dtype)
+        inputs = keras.Input(input_shape(spec), dtype=dtype, name="input")
+        if isinstance(spec, ir.NetworkSpec):
+            taps = network(spec, inputs, dtype)
+            outputs = taps["logits"]
+        else:
+            taps = {}
+            outputs = apply_node(spec, inputs, "", dtype)
+        super().__init__(inputs=inputs, outputs=outputs, name=name or _default_name(spec),
+                         trainable=trainable)
+        self.dtype_policy = dtype  # so model.dtype reports the dtype every layer was built with
+        self.spec = spec
+        self.groupnets_dtype = dtype
+        self.tap_tensors = taps
+
+    @property
+    def is_network(self) -> bool:
+        return isinstance(self.spec, ir.NetworkSpec)
+
+    def get_config(self) -> dict:
+        config: dict[str, Any] = {"name": self.name, "trainable": self.trainable, "dtype": self.groupnets_dtype}
+        if _is_registered(self.spec):
+            config.update(model_name=self.spec.name, num_classes=self.spec.num_classes, spec=None)
+        else:
+            config.update(model_name=None, num_classes=None, spec=spec_to_config(self.spec))
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects: dict | None = None) -> "GroupNet":
+        config = dict(config)
+        if config.get("spec") is not None:
+            spec = spec_from_config(config["spec"])
+        else:
+            spec = get_spec(config["model_name"], config["num_classes"])
+        return cls(spec, dtype=config.get("dtype", "float32"), name=config.get("name"),
+                   trainable=config.get("trainable", True))
+
+
+def _default_name(spec: object) -> str:
+    if isinstance(spec, ir.NetworkSpec):
+        return spec.name
+    return type(spec).__name__.lower()
+
+
+def get_layer(model: keras.Model, path: str) -> keras.layers.Layer:
+    """The Keras layer at canonical dotted ``path`` (``"stage2.0.branch2.3"``) on any Keras backend
+    (the torch backend's layer names use ``_`` for ``.``; see :func:`layers.keras_name`)."""
+    return model.get_layer(keras_name(path))
+
+
+def build(node: object, dtype: str = "float32") -> GroupNet:
+    """A Keras model for any IR node: a leaf op, a ``Sequential``, a block, a ``Stage`` or a network."""
+    return GroupNet(node, dtype=dtype)
+
+
+def create_model(name: str | ir.NetworkSpec, num_classes: int = 1000, dtype: str = "float32") -> GroupNet:
+    """``build(get_spec(name, num_classes), dtype)`` — a registered name or a custom ``NetworkSpec``."""
+    return build(get_spec(name, num_classes), dtype)
