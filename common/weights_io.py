@@ -49,7 +49,7 @@ def save_weights(path: str | os.PathLike, weights: Mapping[str, np.ndarray],
     from safetensors.numpy import save_file
 
     meta = {"format": FORMAT_VERSION, **{str(k): str(v) for k, v in (metadata or {}).items()}}
-    arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in weights.items()}
+    arrays = {k: np.require(np.asarray(v), requirements="C") for k, v in weights.items()}  # keeps 0-d shapes
     with atomic_output(path, overwrite) as tmp:
         save_file(arrays, str(tmp), metadata=meta)
     return Path(path)
