@@ -7,14 +7,21 @@ Imports only ``jax`` / ``flax`` (+ NumPy and ``common``). The module tree mirror
 
 float64 models turn on ``jax_enable_x64`` process-wide when built; float32 models stay float32.
 Models start in train mode (like PyTorch); ``model.eval()`` / ``model.train()`` switch BatchNorm.
+
+Also: ``read_file`` / ``write_file`` (``.msgpack``, :mod:`flax_impl.files`), transfer learning
+(``freeze_backbone`` / ``unfreeze`` / ``reset_classifier`` / ``trainable_filter``, :mod:`flax_impl.transfer`;
+``model.pre_logits(x)``) and the training bridge ``train_step_numpy`` (:mod:`flax_impl.training`).
 """
 
 from .blocks import (Bottleneck, Container, Sequential, ShuffleV1Block, ShuffleV2Block, Stage,
                      build_node)
 from .bridge import forward_numpy
+from .files import read_file, write_file
 from .layers import (AvgPool2d, BatchNorm2d, ChannelShuffle, Conv2d, Linear, MaxPool2d, ReLU,
                      channel_shuffle, channel_split, counter_dtype, resolve_dtype)
 from .model import Network, build, create_model
+from .training import train_step_numpy
+from .transfer import freeze_backbone, reset_classifier, trainable_filter, unfreeze
 from .weights import export_weights, load_weights, model_variables, raw_weights
 
 DATA_FORMAT = "channels_last"
@@ -23,5 +30,7 @@ __all__ = [
     "DATA_FORMAT", "AvgPool2d", "BatchNorm2d", "Bottleneck", "ChannelShuffle", "Container", "Conv2d",
     "Linear", "MaxPool2d", "Network", "ReLU", "Sequential", "ShuffleV1Block", "ShuffleV2Block", "Stage",
     "build", "build_node", "channel_shuffle", "channel_split", "counter_dtype", "create_model",
-    "export_weights", "forward_numpy", "load_weights", "model_variables", "raw_weights", "resolve_dtype",
+    "export_weights", "forward_numpy", "freeze_backbone", "load_weights", "model_variables", "raw_weights",
+    "read_file", "reset_classifier", "resolve_dtype", "train_step_numpy", "trainable_filter", "unfreeze",
+    "write_file",
 ]

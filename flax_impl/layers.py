@@ -136,7 +136,8 @@ class BatchNorm2d(nnx.Module):
     momentum = weight of the new batch; Flax's own ``nnx.BatchNorm`` uses the opposite convention and the
     biased variance) and ``num_batches_tracked += 1``.
     Starts in train mode, like a fresh ``torch.nn.BatchNorm2d``; ``model.eval()`` / ``model.train()`` flip
-    ``use_running_average``.
+    ``use_running_average``. ``frozen`` (set by :func:`flax_impl.freeze_backbone`) pins inference mode:
+    running statistics are used and never updated, whatever ``use_running_average`` or the call says.
     """
 
     def __init__(self, op: ir.BatchNorm2d, *, dtype: Any = "float32", rngs: nnx.Rngs | None = None,
@@ -157,6 +158,7 @@ class BatchNorm2d(nnx.Module):
         self.momentum = op.momentum
         self.dtype = dtype
         self.use_running_average = use_running_average
+        self.frozen = False  # static flag (part of the jit cache key), flipped by freeze_backbone / unfreeze
 
     def set_view(self, use_running_average: bool | None = None) -> None:
         """Lets ``nnx.view(model, use_running_average=...)`` switch modes without mutating the model."""
@@ -166,6 +168,8 @@ class BatchNorm2d(nnx.Module):
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
         if use_running_average is None:
             use_running_average = self.use_running_average
+        if self.frozen:  # a frozen backbone's BatchNorm is always in inference mode (contract: transfer learning)
+            use_running_average = True
         if x.shape[-1] != self.num_features:
             raise ValueError(f"BatchNorm2d expects {self.num_features} channels (last axis), got shape "
                              f"{tuple(x.shape)}")

@@ -12,7 +12,7 @@ from common import ir
 from common.registry import get_spec
 
 from .blocks import Container, build_node
-from .layers import resolve_dtype
+from .layers import build_leaf, resolve_dtype
 
 
 class Network(Container):
@@ -29,6 +29,8 @@ class Network(Container):
         self.stem_names = tuple(name for name, _ in spec.stem)
         self.stage_names = tuple(stage.name for stage in spec.stages)
         self.head_names = tuple(name for name, _ in spec.head)
+        # Set by flax_impl.freeze_backbone: only ``fc`` trains (see flax_impl.transfer.trainable_filter)
+        self.backbone_frozen = False
 
     def __call__(self, x: jax.Array, taps: bool = False) -> jax.Array | dict[str, jax.Array]:
         spec = self.spec
@@ -57,6 +59,13 @@ class Network(Container):
     def pre_logits(self, x: jax.Array) -> jax.Array:
         """The pooled ``(N, num_features)`` feature vector the classifier sees."""
         return self(x, taps=True)["pre_logits"]
+
+    def reset_classifier(self, num_classes: int, rngs: nnx.Rngs | None = None) -> None:
+        """Replace ``fc`` by a fresh ``num_classes``-way layer (and ``spec`` with it), for fine-tuning.
+        The new layer is trainable; a frozen backbone stays frozen. ``rngs`` defaults to ``nnx.Rngs(0)``."""
+        spec = get_spec(self.spec, num_classes)
+        self.fc = build_leaf(spec.fc, dtype=self.dtype, rngs=rngs if rngs is not None else nnx.Rngs(0))
+        self.spec = spec
 
 
 def build(node: object, dtype: Any = "float32", rngs: nnx.Rngs | None = None) -> nnx.Module:

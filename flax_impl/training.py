@@ -1,0 +1,125 @@
+"""The training bridge: one NumPy-in, NumPy-out train step, comparable across backends
+(``docs/backend-contract.md``, "Training bridge").
+
+One jitted program does the forward (train-mode BatchNorm: batch statistics, PyTorch's running-stat
+update), the mean softmax cross-entropy, ``nnx.value_and_grad`` w.r.t. the trainable parameters
+(:func:`flax_impl.transfer.trainable_filter`) *and* the input, and — when ``lr > 0`` — one step of a fresh
+``nnx.Optimizer`` (zero momentum) with ``optax.chain(add_decayed_weights(wd), sgd(lr, momentum))``: coupled
+L2 decay, exactly ``torch.optim.SGD(lr, momentum, weight_decay)``'s first step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from common.ir import NetworkSpec
+from common.porting import to_canonical
+
+from .bridge import _modes, model_dtype
+from .transfer import trainable_filter
+
+
+def _check_labels(labels: object, batch: int, classes: int) -> np.ndarray:
+    array = np.asarray(labels)
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integer class indices, got dtype {array.dtype}")
+    if array.shape != (batch,):
+        raise ValueError(f"labels must have shape ({batch},) for a batch of {batch}, got {array.shape}")
+    if array.size and (array.min() < 0 or array.max() >= classes):
+        raise ValueError(f"labels must lie in [0, {classes}), got values in [{array.min()}, {array.max()}]")
+    return array.astype(np.int32)  # class indices always fit; int32 works with or without jax_enable_x64
+
+
+def sgd(lr: Any, momentum: Any, weight_decay: Any) -> optax.GradientTransformation:
+    """``torch.optim.SGD(lr, momentum, weight_decay)`` in optax: the decay is added to the gradient
+    *before* the momentum trace (coupled L2), not decoupled as in ``optax.sgdw`` / AdamW."""
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum=momentum))
+
+
+def _step(model: nnx.Module, x: jax.Array, labels: jax.Array, hyper: jax.Array, apply: bool
+          ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array], jax.Array]:
+    """Traced once per (architecture, frozen flags, shapes/dtypes, apply); ``hyper = (lr, momentum, wd)``."""
+    wrt = trainable_filter(model)
+
+    def loss_fn(module: nnx.Module, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logits = module(inputs)
+        if logits.ndim != 2:
+            raise ValueError(f"train_step_numpy needs (N, classes) logits, got shape {tuple(logits.shape)}")
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()  # mean over the batch
+        return loss, logits
+
+    # graph-mode value_and_grad inside the tree-mode jit: DiffState selects the trainable parameters; its
+    # graph bookkeeping runs at trace time only. BatchStat updates made by the forward propagate to `model`.
+    grad_fn = nnx.value_and_grad(loss_fn, argnums=(nnx.DiffState(0, wrt), 1), has_aux=True, graph=True)
+    (loss, logits), (param_grads, input_grad) = grad_fn(model, x)
+    if apply:
+        lr, momentum, weight_decay = hyper[0], hyper[1], hyper[2]
+        optimizer = nnx.Optimizer(model, sgd(lr, momentum, weight_decay), wrt=wrt, graph=True)
+        optimizer.update(model, param_grads)
+    flat = {".".join(str(part) for part in path): jnp.asarray(value.get_value() if isinstance(value, nnx.Variable)
+                                                               else value)
+            for path, value in nnx.to_flat_state(param_grads)}
+    return logits, loss, flat, input_grad
+
+
+#: Tree-mode ``nnx.jit`` (cheap flattening, like :mod:`flax_impl.bridge`); the model's static attributes
+#: (spec, train/eval and frozen flags) are part of the cache key, so changing them retraces.
+_jitted_step = nnx.jit(_step, static_argnames="apply", graph=False)
+
+
+def train_step_numpy(model: nnx.Module, x: np.ndarray, labels: Sequence[int] | np.ndarray, lr: float = 0.0,
+                     momentum: float = 0.9, weight_decay: float = 0.0) -> dict[str, Any]:
+    """One train-mode step on NumPy data (NHWC ``x``, integer ``labels``).
+
+    Forward in train mode (BatchNorm: batch statistics, running statistics updated by PyTorch's rule and
+    ``num_batches_tracked + 1`` — except a backbone frozen by :func:`flax_impl.freeze_backbone`, whose
+    BatchNorm stays in inference mode), mean softmax cross-entropy, gradients w.r.t. every trainable
+    ``nnx.Param`` (all of them, or only ``fc``'s when frozen) and w.r.t. the input, then, if ``lr > 0``, one
+    step of a fresh ``nnx.Optimizer`` (zero momentum) with :func:`sgd` over the trainable parameters.
+    The model's train/eval flags are restored afterwards. A failed step (e.g. one value per channel in
+    train mode: ``ValueError`` "Expected more than 1 value per channel when training", raised while
+    tracing) changes nothing.
+
+    Returns ``{"logits": (N, classes), "loss": float, "grads": canonical-key dict of canonical-layout
+    gradients (trainable parameters only), "input_grad": NHWC}``, all NumPy.
+    """
+    for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+        if not value >= 0:  # also rejects NaN
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    spec = model.spec
+    dtype = model_dtype(model)
+    array = np.asarray(x)
+    if isinstance(spec, NetworkSpec) and (array.ndim != 4 or array.shape[-1] != spec.in_channels):
+        raise ValueError(f"{spec.name} expects NHWC input (N, H, W, {spec.in_channels}), got shape "
+                         f"{array.shape}; flax_impl is channels_last")
+    if array.ndim == 0:
+        raise ValueError("x must have a batch dimension")
+    classes = spec.num_classes if isinstance(spec, NetworkSpec) else getattr(spec, "out_features", None)
+    if classes is None:
+        raise ValueError(f"train_step_numpy needs a network (or a Linear) producing logits, got "
+                         f"{type(model).__name__}")
+    target = _check_labels(labels, int(array.shape[0]), int(classes))
+    inputs = jnp.asarray(array, dtype)
+    hyper = jnp.asarray([lr, momentum, weight_decay], dtype)  # traced: new values never recompile
+
+    saved = _modes(model)
+    try:
+        for module, _ in saved:  # = model.train(), without a second traversal; frozen BN stays in eval
+            module.use_running_average = False
+        logits, loss, flat, input_grad = _jitted_step(model, inputs, jnp.asarray(target), hyper, apply=lr > 0)
+    finally:
+        for module, flag in saved:
+            module.use_running_average = flag
+
+    grads = to_canonical(spec, "flax", {key: np.asarray(value) for key, value in flat.items()}, partial=True)
+    return {"logits": np.asarray(logits), "loss": float(loss), "grads": grads, "input_grad": np.asarray(input_grad)}
+
+
+__all__ = ["sgd", "train_step_numpy"]
