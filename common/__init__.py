@@ -7,7 +7,8 @@ from .errors import (GroupnetsError, SpecError, UnknownModelError, WeightsFileEr
                      WeightsMismatchError)
 from .ir import NetworkSpec
 from .params import ParamInfo, canonical_params, count_parameters
-from .porting import FRAMEWORKS, LoadReport, check_weights, framework_shapes, to_canonical, to_framework
+from .porting import (FRAMEWORKS, LoadReport, check_weights, framework_shapes, to_canonical, to_framework,
+                      without_head)
 from .random_weights import random_input, random_weights
 from .registry import get_spec, list_models
 from .shuffle import shuffle_permutation
@@ -17,5 +18,5 @@ __all__ = [
     "FRAMEWORKS", "GroupnetsError", "LoadReport", "NetworkSpec", "ParamInfo", "SpecError",
     "UnknownModelError", "WeightsFileError", "WeightsMismatchError", "canonical_params", "check_weights",
     "count_parameters", "framework_shapes", "get_spec", "list_models", "load_weights", "random_input",
-    "random_weights", "save_weights", "shuffle_permutation", "to_canonical", "to_framework",
+    "random_weights", "save_weights", "shuffle_permutation", "to_canonical", "to_framework", "without_head",
 ]

@@ -176,3 +176,13 @@ def to_canonical(spec: object, framework: Framework,
         _, layout = _rule(framework, param)
         out[param.key] = np.require(layout.to_canonical(np.asarray(framework_weights[fw_key]), param.op), requirements="C")
     return out
+
+
+def without_head(weights: Mapping[str, np.ndarray], head: str = "fc") -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+    """Transfer learning: ``weights`` minus the classifier (``fc.*``) and the keys removed.
+
+    Load the result with ``load_weights(model, backbone, strict=False)`` into a model with another
+    ``num_classes``: the report's ``missing_keys`` are then exactly the fresh head's keys.
+    """
+    removed = tuple(k for k in weights if k.split(".", 1)[0] == head)
+    return {k: v for k, v in weights.items() if k not in removed}, removed

@@ -122,37 +122,48 @@ def verify_train(model: str = "shufflenet_v2_x0_5", frameworks: Sequence[str] = 
     base = weights if weights is not None else random_weights(spec, seed, "float64")
     x = random_input(tuple(input_shape), seed + 1, "float64")
     labels = random_labels(input_shape[0], spec.num_classes, seed + 2)
-    params = canonical_params(spec)
     report = TrainReport()
     for dtype in dtypes:
-        bound = BOUNDS[dtype]
         runs = {fw: run_train_step(fw, spec, base, x, labels, dtype, lr, momentum, weight_decay, freeze)
                 for fw in frameworks}
         for i, a in enumerate(frameworks):
             for b in frameworks[i + 1:]:
-                ra, rb = runs[a], runs[b]
-                la, lb = framework_label(a), framework_label(b)
-
-                def add(quantity: str, key: str, max_abs: float, max_rel: float) -> None:
-                    report.results.append(TrainResult(spec.name, dtype, la, lb, quantity, key, max_abs, max_rel, bound))
-
-                add("forward", "logits", *compare(ra["logits"], rb["logits"]))
-                loss_abs = abs(float(ra["loss"]) - float(rb["loss"]))
-                add("loss", "loss", loss_abs, loss_abs / max(abs(float(ra["loss"])), 1e-30))
-                add("input_grad", "input", *compare(ra["input_grad"], rb["input_grad"]))
-                if set(ra["grads"]) != set(rb["grads"]):
-                    only = sorted(set(ra["grads"]) ^ set(rb["grads"]))
-                    add("grad:keys", f"differ: {only[:2]}", float("inf"), float("inf"))
-                grad_keys = [k for k in params if k in ra["grads"] and k in rb["grads"]]
-                for g, (key, max_abs, rel) in _grouped(ra["grads"], rb["grads"], grad_keys).items():
-                    add(f"grad:{g}", key, max_abs, rel)
-                trained = [k for k, p in params.items() if p.trainable]
-                for g, (key, max_abs, rel) in _grouped(ra["after"], rb["after"], trained).items():
-                    add(f"weights:{g}", key, max_abs, rel)
-                stats = [k for k, p in params.items() if p.role in ("running_mean", "running_var")]
-                for g, (key, max_abs, rel) in _grouped(ra["after"], rb["after"], stats).items():
-                    add(f"buffers:{g}", key, max_abs, rel)
-                counters = [k for k, p in params.items() if p.role == "num_batches_tracked"]
-                bad = [k for k in counters if int(ra["after"][k]) != int(rb["after"][k])]
-                add("num_batches_tracked", bad[0] if bad else "all equal", float(len(bad)), float("inf") if bad else 0.0)
+                report.results.extend(compare_train_runs(spec, dtype, framework_label(a), runs[a],
+                                                         framework_label(b), runs[b]))
     return report
+
+
+def train_inputs(spec, input_shape: tuple[int, int, int, int], seed: int = 0):
+    """The input and labels :func:`verify_train` uses, for callers that run frameworks themselves."""
+    return random_input(tuple(input_shape), seed + 1, "float64"), random_labels(input_shape[0], spec.num_classes, seed + 2)
+
+
+def compare_train_runs(spec, dtype: str, la: str, ra: dict, lb: str, rb: dict) -> list[TrainResult]:
+    """Every training quantity of two :func:`run_train_step` results, as :class:`TrainResult` rows."""
+    bound = BOUNDS[dtype]
+    params = canonical_params(spec)
+    rows: list[TrainResult] = []
+
+    def add(quantity: str, key: str, max_abs: float, max_rel: float) -> None:
+        rows.append(TrainResult(spec.name, dtype, la, lb, quantity, key, max_abs, max_rel, bound))
+
+    add("forward", "logits", *compare(ra["logits"], rb["logits"]))
+    loss_abs = abs(float(ra["loss"]) - float(rb["loss"]))
+    add("loss", "loss", loss_abs, loss_abs / max(abs(float(ra["loss"])), 1e-30))
+    add("input_grad", "input", *compare(ra["input_grad"], rb["input_grad"]))
+    if set(ra["grads"]) != set(rb["grads"]):
+        only = sorted(set(ra["grads"]) ^ set(rb["grads"]))
+        add("grad:keys", f"differ: {only[:2]}", float("inf"), float("inf"))
+    grad_keys = [k for k in params if k in ra["grads"] and k in rb["grads"]]
+    for g, (key, max_abs, rel) in _grouped(ra["grads"], rb["grads"], grad_keys).items():
+        add(f"grad:{g}", key, max_abs, rel)
+    trained = [k for k, p in params.items() if p.trainable]
+    for g, (key, max_abs, rel) in _grouped(ra["after"], rb["after"], trained).items():
+        add(f"weights:{g}", key, max_abs, rel)
+    stats = [k for k, p in params.items() if p.role in ("running_mean", "running_var")]
+    for g, (key, max_abs, rel) in _grouped(ra["after"], rb["after"], stats).items():
+        add(f"buffers:{g}", key, max_abs, rel)
+    counters = [k for k, p in params.items() if p.role == "num_batches_tracked"]
+    bad = [k for k in counters if int(ra["after"][k]) != int(rb["after"][k])]
+    add("num_batches_tracked", bad[0] if bad else "all equal", float(len(bad)), float("inf") if bad else 0.0)
+    return rows

@@ -67,3 +67,21 @@ def trainable_parameter_count(framework: str, model) -> int:
 
 def native_layout(framework: str, x_nchw: np.ndarray) -> np.ndarray:
     return x_nchw if framework == "torch" else x_nchw.transpose(0, 2, 3, 1)
+
+
+TRAIN_SHAPE = (4, 3, 128, 128)  # every BN sees >= 64 values per channel (see common.train_verify)
+
+
+def tiny_resnext():
+    from common.resnext import ResNeXtConfig, build
+    return build("resnext_tiny", ResNeXtConfig((1, 1, 1, 1), groups=4, width_per_group=4), 10)
+
+
+@functools.lru_cache(maxsize=32)
+def train_outputs(framework: str, model: str, dtype: str, freeze: bool = False) -> dict:
+    """One ``train_step_numpy`` (lr 0.1, momentum 0.9, weight decay 1e-4) on shared weights / data."""
+    from common.train_verify import run_train_step, train_inputs
+    spec = tiny_resnext() if model == "resnext_tiny" else get_spec(model, 10)
+    weights = random_weights(spec, seed=3, dtype="float64")
+    x, labels = train_inputs(spec, TRAIN_SHAPE, seed=3)
+    return run_train_step(framework, spec, weights, x, labels, dtype, 0.1, 0.9, 1e-4, freeze)

@@ -1,0 +1,204 @@
+"""Weight files in every format, every direction, from the API and the CLI; safe, atomic, lossless;
+every kind of bad input refused with a clear error and nothing written."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common import GroupnetsError, WeightsFileError, WeightsMismatchError, get_spec, list_models, random_weights
+from common.convert import FORMATS, convert, read_weights, write_weights
+from common.porting import without_head
+from conftest import import_backend
+
+MODEL = "shufflenet_v2_x0_5"
+EXTENSION = {"canonical": ".safetensors", "torch": ".pth", "keras-weights": ".weights.h5", "keras": ".keras",
+             "flax": ".msgpack"}
+GROUPNETS = str(Path(sys.executable).with_name("groupnets"))
+
+
+def _source(tmp_path: Path, fmt: str, model: str = MODEL, num_classes: int = 1000, seed: int = 0) -> tuple[Path, dict]:
+    spec = get_spec(model, num_classes)
+    weights = random_weights(spec, seed, "float32", calibrate=False)
+    path = tmp_path / f"source{EXTENSION[fmt]}"
+    write_weights(path, weights, spec)
+    return path, weights
+
+
+def _same(a: dict, b: dict) -> bool:
+    return list(a) == list(b) and all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+
+
+@pytest.mark.parametrize("src,dst", list(itertools.permutations(FORMATS, 2)), ids="->".join)
+def test_every_direction_is_lossless(tmp_path, src, dst):
+    source, weights = _source(tmp_path, src)
+    out = tmp_path / f"out{EXTENSION[dst]}"
+    result = convert(MODEL, source, out)
+    assert result.destination_format == dst and result.num_classes == 1000
+    assert _same(read_weights(out, model=MODEL)[0], weights)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([source.name, out.name])  # no temp files
+
+
+@pytest.mark.parametrize("model", list_models())
+def test_round_trip_torch_canonical_keras_flax_torch_is_bit_exact(tmp_path, model):
+    source, weights = _source(tmp_path, "torch", model)
+    chain = [source, tmp_path / "a.safetensors", tmp_path / "b.weights.h5", tmp_path / "c.msgpack", tmp_path / "d.pth"]
+    for a, b in zip(chain, chain[1:]):
+        convert(model, a, b)
+    assert _same(read_weights(chain[-1])[0], weights)
+
+
+def test_num_classes_is_inferred_and_recorded(tmp_path):
+    source, weights = _source(tmp_path, "canonical", num_classes=10)
+    result = convert(MODEL, source, tmp_path / "w.keras")
+    assert result.num_classes == 10
+    assert _same(read_weights(tmp_path / "w.keras")[0], weights)
+
+
+def test_torch_checkpoint_wrappers_are_understood(tmp_path):
+    import torch
+    weights = random_weights(get_spec(MODEL), 1, "float32", calibrate=False)
+    state = {k: torch.from_numpy(v) for k, v in weights.items()}
+    for i, wrapped in enumerate([{"state_dict": state}, {"model": state}, {f"module.{k}": v for k, v in state.items()}]):
+        path = tmp_path / f"w{i}.pth"
+        torch.save(wrapped, path)
+        assert _same(read_weights(path)[0], weights)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/groupnets_pwned",))
+
+
+def test_pickled_code_is_refused_never_run(tmp_path):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"conv1.0.weight": _Exploit()}, handle)
+    Path("/tmp/groupnets_pwned").unlink(missing_ok=True)
+    with pytest.raises(WeightsFileError, match="evil.pth"):
+        read_weights(path)
+    assert not Path("/tmp/groupnets_pwned").exists()
+
+
+def test_transfer_learning_skips_and_reports_the_head(framework):
+    backend = import_backend(framework)
+    pretrained = random_weights(get_spec(MODEL), 2, "float32", calibrate=False)
+    backbone, removed = without_head(pretrained)
+    assert removed == ("fc.weight", "fc.bias")
+    model = backend.create_model(MODEL, num_classes=10)
+    report = backend.load_weights(model, backbone, strict=False)
+    assert report.missing_keys == ("fc.weight", "fc.bias") and report.unexpected_keys == ()
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def _bad(tmp_path, case):
+    """(model, source path, destination path, expected message) for one kind of bad input."""
+    good, _ = _source(tmp_path, "canonical")
+    out = tmp_path / "out.pth"
+    if case == "wrong model":
+        return "shufflenet_v2_x1_0", good, out, "holds weights for 'shufflenet_v2_x0_5'"
+    if case == "bad keys":
+        spec = get_spec(MODEL)
+        weights = random_weights(spec, 0, calibrate=False)
+        del weights["conv1.0.weight"]
+        weights["stray.weight"] = np.zeros(1, np.float32)
+        weights["fc.bias"] = np.zeros(3, np.float32)
+        path = tmp_path / "bad.safetensors"
+        from common import save_weights
+        save_weights(path, weights, {"model": MODEL})
+        return MODEL, path, out, "missing keys (1): conv1.0.weight"
+    if case == "wrong dtype":
+        weights = random_weights(get_spec(MODEL), 0, calibrate=False)
+        weights["fc.weight"] = weights["fc.weight"].astype(np.int32)
+        path = tmp_path / "int.safetensors"
+        from common import save_weights
+        save_weights(path, weights, {"model": MODEL})
+        return MODEL, path, out, "expected a floating type"
+    if case == "truncated":
+        path = tmp_path / "cut.safetensors"
+        path.write_bytes(good.read_bytes()[:4096])
+        return MODEL, path, out, "cut.safetensors"
+    if case == "corrupt torch":
+        path = tmp_path / "junk.pth"
+        path.write_bytes(b"PK\x03\x04 not really a zip" * 50)
+        return MODEL, path, out, "junk.pth"
+    if case == "empty":
+        path = tmp_path / "empty.msgpack"
+        path.write_bytes(b"")
+        return MODEL, path, out, "file is empty"
+    if case == "directory":
+        path = tmp_path / "dir.safetensors"
+        path.mkdir()
+        return MODEL, path, out, "is a directory"
+    if case == "unknown extension":
+        return MODEL, good, tmp_path / "out.ckpt", "unknown extension"
+    if case == "missing directory":
+        return MODEL, good, tmp_path / "nope" / "out.pth", "does not exist"
+    if case == "exists":
+        out.write_bytes(b"keep me")
+        return MODEL, good, out, "refusing to overwrite"
+    raise AssertionError(case)
+
+
+BAD_CASES = ["wrong model", "bad keys", "wrong dtype", "truncated", "corrupt torch", "empty", "directory",
+             "unknown extension", "missing directory", "exists"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_is_refused_and_nothing_is_written(tmp_path, case):
+    model, source, destination, message = _bad(tmp_path, case)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(GroupnetsError) as info:
+        convert(model, source, destination)
+    assert message in str(info.value)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before  # nothing written, nothing half-written, nothing overwritten
+
+
+def test_bad_keys_are_all_listed_at_once(tmp_path):
+    model, source, destination, _ = _bad(tmp_path, "bad keys")
+    with pytest.raises(WeightsMismatchError) as info:
+        convert(model, source, destination)
+    assert info.value.missing == ["conv1.0.weight"] and info.value.unexpected == ["stray.weight"]
+    assert [k for k, *_ in info.value.wrong_shape] == ["fc.bias"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([GROUPNETS, *args], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def test_cli_convert_with_verify(tmp_path):
+    source, _ = _source(tmp_path, "torch", num_classes=10)
+    out = tmp_path / "w.msgpack"
+    result = _cli("convert", MODEL, str(source), str(out), "--verify", "--size", "32")
+    assert result.returncode == 0, result.stderr
+    assert "10 classes" in result.stdout and "all pairs within bounds" in result.stdout
+    again = _cli("convert", MODEL, str(source), str(out))
+    assert again.returncode == 2 and "refusing to overwrite" in again.stderr
+    assert _cli("convert", MODEL, str(source), str(out), "--force").returncode == 0
+
+
+def test_cli_verify_reports_nan_weights(tmp_path):
+    spec = get_spec(MODEL)
+    weights = random_weights(spec, 0, calibrate=False)
+    weights["stage3.0.branch1.0.weight"][0, 0, 0, 0] = np.nan
+    path = tmp_path / "nan.safetensors"
+    from common import save_weights
+    save_weights(path, weights, {"model": MODEL})
+    result = _cli("convert", MODEL, str(path), str(tmp_path / "out.pth"), "--verify")
+    assert result.returncode == 2 and "NaN/Inf" in result.stderr and "stage3.0.branch1.0.weight" in result.stderr
+
+
+def test_cli_verify_user_weights(tmp_path):
+    source, _ = _source(tmp_path, "keras", num_classes=5)
+    result = _cli("verify", MODEL, "--weights", str(source), "--size", "32", "--dtype", "float64")
+    assert result.returncode == 0, result.stderr
+    assert "all pairs within bounds" in result.stdout

@@ -1,0 +1,65 @@
+"""Training mode: train-mode forward, BatchNorm statistics (PyTorch's unbiased update, momentum 0.1),
+loss, gradients of every parameter and of the input, one SGD step with momentum and coupled weight decay
+— every framework pair, both dtypes, every model family; and the frozen-backbone contract."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from common import get_spec, random_input, random_weights
+from common.train_verify import compare_train_runs
+from conftest import FRAMEWORKS, import_backend
+from harness import tiny_resnext, train_outputs
+
+MODELS = ("shufflenet_v2_x0_5", "shufflenet_v1_g3_x0_5", "resnext_tiny")
+TRAIN_PAIRS = tuple(itertools.combinations(FRAMEWORKS, 2))
+
+
+def _spec(model: str):
+    return tiny_resnext() if model == "resnext_tiny" else get_spec(model, 10)
+
+
+@pytest.mark.parametrize("freeze", [False, True], ids=["full", "frozen"])
+@pytest.mark.parametrize("pair", TRAIN_PAIRS, ids="-".join)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("model", MODELS)
+def test_train_step_matches(model, dtype, pair, freeze):
+    a, b = pair
+    rows = compare_train_runs(_spec(model), dtype, a, train_outputs(a, model, dtype, freeze),
+                              b, train_outputs(b, model, dtype, freeze))
+    bad = [f"{r.quantity} ({r.worst_key}): {r.max_rel:.2e}" for r in rows if not r.ok]
+    assert not bad, f"{model} {dtype} {a} vs {b}: " + "; ".join(bad)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_bn_statistics_follow_pytorch_rule(framework, model):
+    """After one train step every running stat moved and every counter went up by exactly one."""
+    spec = _spec(model)
+    before = random_weights(spec, seed=3, dtype="float64")
+    after = train_outputs(framework, model, "float64")["after"]
+    for key in before:
+        if key.endswith("num_batches_tracked"):
+            assert int(after[key]) == int(before[key]) + 1, key
+        elif key.endswith(("running_mean", "running_var")):
+            assert not np.allclose(after[key], before[key]), key
+
+
+def test_frozen_backbone_changes_only_the_head(framework):
+    spec = _spec("shufflenet_v2_x0_5")
+    before = random_weights(spec, seed=3, dtype="float64")
+    after = train_outputs(framework, "shufflenet_v2_x0_5", "float64", freeze=True)["after"]
+    changed = sorted(k for k in before if not np.array_equal(np.asarray(after[k], np.float64), before[k]))
+    assert changed == ["fc.bias", "fc.weight"]
+
+
+def test_one_value_per_channel_is_refused_in_training(framework):
+    backend = import_backend(framework)
+    spec = get_spec("shufflenet_v2_x0_5", 10)
+    model = backend.build(spec)
+    x = random_input((1, 3, 1, 1), 0, "float32")
+    x = x if backend.DATA_FORMAT == "channels_first" else x.transpose(0, 2, 3, 1)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        backend.train_step_numpy(model, x, np.array([3]))
