@@ -145,13 +145,14 @@ def convert(model: str | NetworkSpec, source: str | Path, destination: str | Pat
     classes = num_classes if num_classes is not None else (_infer_num_classes(weights) or base_spec.num_classes)
     spec = get_spec(model, classes)
     check_weights(spec, weights, strict=True, source=str(source))
+    if verify:  # before writing: a file that cannot pass verification is not produced
+        bad = nonfinite_keys(weights)
+        if bad:
+            raise GroupnetsError(f"{source}: NaN/Inf in {len(bad)} tensors: {', '.join(bad[:8])}")
     write_weights(destination, weights, spec, dst_fmt, overwrite=overwrite)
     result = ConvertResult(Path(source), destination, src_fmt, dst_fmt, spec.name, classes, len(weights),
                            sum(int(np.size(v)) for k, v in weights.items() if not k.endswith("num_batches_tracked")))
     if verify:
-        bad = nonfinite_keys(weights)
-        if bad:
-            raise GroupnetsError(f"{source}: NaN/Inf in {len(bad)} tensors: {', '.join(bad[:8])}")
         written, _ = read_weights(destination, dst_fmt, spec)
         changed = [k for k in weights if k not in written or not np.array_equal(written[k], weights[k])]
         if changed or set(written) != set(weights):
