@@ -4,13 +4,19 @@
 
 from .blocks import Bottleneck, ShuffleV1Block, ShuffleV2Block
 from .bridge import forward_numpy
+from .export import export_onnx
+from .files import read_file, write_file
 from .layers import ChannelShuffle, channel_shuffle, channel_split
 from .model import Network, build, create_model
+from .training import train_step_numpy
+from .transfer import freeze_backbone, reset_classifier, unfreeze
 from .weights import export_weights, load_weights
 
 DATA_FORMAT = "channels_first"
 
 __all__ = [
     "DATA_FORMAT", "Bottleneck", "ChannelShuffle", "Network", "ShuffleV1Block", "ShuffleV2Block", "build",
-    "channel_shuffle", "channel_split", "create_model", "export_weights", "forward_numpy", "load_weights",
+    "channel_shuffle", "channel_split", "create_model", "export_onnx", "export_weights", "forward_numpy",
+    "freeze_backbone", "load_weights", "read_file", "reset_classifier", "train_step_numpy", "unfreeze",
+    "write_file",
 ]

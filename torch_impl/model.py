@@ -56,6 +56,22 @@ class Network(nn.Module):
         self._stem = tuple(name for name, _ in spec.stem)
         self._stages = tuple(stage.name for stage in spec.stages)
         self._head = tuple(name for name, _ in spec.head)
+        # Set by torch_impl.freeze_backbone: the backbone's BatchNorm layers then stay in eval mode.
+        self.backbone_frozen = False
+
+    def train(self, mode: bool = True) -> Network:
+        """``nn.Module.train``, except that while the backbone is frozen (:func:`torch_impl.freeze_backbone`)
+        its BatchNorm layers stay in eval mode: running statistics are used and never updated."""
+        super().train(mode)
+        if self.backbone_frozen:
+            for module in self.backbone_norms():
+                module.eval()
+        return self
+
+    def backbone_norms(self) -> list[nn.Module]:
+        """Every BatchNorm layer outside ``fc``."""
+        return [module for name, module in self.named_modules()
+                if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)) and name.split(".")[0] != "fc"]
 
     def _run(self, names: tuple[str, ...], x: torch.Tensor) -> torch.Tensor:
         for name in names:
