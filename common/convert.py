@@ -24,7 +24,8 @@ import numpy as np
 from .errors import GroupnetsError, WeightsFileError
 from .ir import NetworkSpec
 from .porting import check_weights
-from .registry import get_spec
+from .params import canonical_params
+from .registry import get_spec, list_models
 from .weights_io import atomic_output, load_weights, save_weights
 
 #: format → (backend package or None for common, extensions)
@@ -72,12 +73,17 @@ def read_weights(path: str | Path, fmt: str | None = None, model: str | NetworkS
     if source.stat().st_size == 0:
         raise WeightsFileError(f"{source}: file is empty")
     backend = _backend(fmt)
+    spec = None if model is None else get_spec(model) if isinstance(model, str) else model
     if backend is None:
         weights, metadata = load_weights(source)
     else:
-        spec = None if model is None else get_spec(model) if isinstance(model, str) else model
         weights, metadata = backend.read_file(source, fmt, spec)
-    return dict(weights), metadata.get("model")
+    recorded = metadata.get("model")
+    order_spec = spec if spec is not None else (get_spec(recorded) if recorded in list_models() else None)
+    if order_spec is not None:  # state_dict order (safetensors stores keys sorted); unknown keys last
+        rank = {key: i for i, key in enumerate(canonical_params(order_spec))}
+        weights = dict(sorted(weights.items(), key=lambda item: rank.get(item[0], len(rank))))
+    return dict(weights), recorded
 
 
 def write_weights(path: str | Path, weights: Mapping[str, np.ndarray], spec: NetworkSpec, fmt: str | None = None,

@@ -36,7 +36,10 @@ def _same(a: dict, b: dict) -> bool:
     return list(a) == list(b) and all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
 
 
-@pytest.mark.parametrize("src,dst", list(itertools.permutations(FORMATS, 2)), ids="->".join)
+DIRECTIONS = list(itertools.permutations(FORMATS, 2))
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=[f"{a}->{b}" for a, b in DIRECTIONS])
 def test_every_direction_is_lossless(tmp_path, src, dst):
     source, weights = _source(tmp_path, src)
     out = tmp_path / f"out{EXTENSION[dst]}"

@@ -23,7 +23,7 @@ def _spec(model: str):
 
 
 @pytest.mark.parametrize("freeze", [False, True], ids=["full", "frozen"])
-@pytest.mark.parametrize("pair", TRAIN_PAIRS, ids="-".join)
+@pytest.mark.parametrize("pair", TRAIN_PAIRS, ids=[f"{a}-{b}" for a, b in TRAIN_PAIRS])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("model", MODELS)
 def test_train_step_matches(model, dtype, pair, freeze):
