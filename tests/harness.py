@@ -77,11 +77,19 @@ def tiny_resnext():
     return build("resnext_tiny", ResNeXtConfig((1, 1, 1, 1), groups=4, width_per_group=4), 10)
 
 
+#: Seed of the training problem. Float32 gradients are not continuous at ReLU / max-pool kinks: where a
+#: pre-activation lies within float32 rounding of 0, float32 and float64 (and any two float32
+#: implementations) route that element's gradient differently. With seed 3 this happens even for torch
+#: float32 vs torch float64 (input gradient 2.3e-2); seed 0 has no such element (torch f32 vs f64
+#: <= 7.6e-6), so it tests the implementations, not the kink lottery. See README "Training mode".
+TRAIN_SEED = 0
+
+
 @functools.lru_cache(maxsize=32)
 def train_outputs(framework: str, model: str, dtype: str, freeze: bool = False) -> dict:
     """One ``train_step_numpy`` (lr 0.1, momentum 0.9, weight decay 1e-4) on shared weights / data."""
     from common.train_verify import run_train_step, train_inputs
     spec = tiny_resnext() if model == "resnext_tiny" else get_spec(model, 10)
-    weights = random_weights(spec, seed=3, dtype="float64")
-    x, labels = train_inputs(spec, TRAIN_SHAPE, seed=3)
+    weights = random_weights(spec, seed=TRAIN_SEED, dtype="float64")
+    x, labels = train_inputs(spec, TRAIN_SHAPE, seed=TRAIN_SEED)
     return run_train_step(framework, spec, weights, x, labels, dtype, 0.1, 0.9, 1e-4, freeze)
