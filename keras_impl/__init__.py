@@ -4,9 +4,12 @@ Imports only ``keras`` (+ NumPy, ``common``) and runs on the TensorFlow, JAX and
 """
 
 from .bridge import forward_numpy, taps_model
+from .files import read_file, write_file
 from .layers import (ChannelShuffle, ChannelSplit, GlobalMeanPooling2D, Linear, NegInfPadding2D,
                      TorchBatchNormalization, channel_shuffle, channel_split, keras_name)
 from .model import GroupNet, build, create_model, get_layer
+from .training import train_step_numpy
+from .transfer import feature_extractor, freeze_backbone, is_frozen, reset_classifier, unfreeze
 from .weights import export_weights, keras_variables, load_weights, raw_weights
 
 DATA_FORMAT = "channels_last"
@@ -16,4 +19,6 @@ __all__ = [
     "TorchBatchNormalization",
     "build", "channel_shuffle", "channel_split", "create_model", "export_weights", "forward_numpy", "get_layer",
     "keras_name", "keras_variables", "load_weights", "raw_weights", "taps_model",
+    "feature_extractor", "freeze_backbone", "is_frozen", "read_file", "reset_classifier", "train_step_numpy",
+    "unfreeze", "write_file",
 ]

@@ -1,0 +1,66 @@
+"""``value_and_grad`` on whichever framework Keras is running on — the one backend-specific spot of keras_impl.
+
+Why this exists: Keras 3 has no public, backend-agnostic gradient API. Its stateless APIs
+(``Layer.stateless_call``, ``Optimizer.apply``) are backend-agnostic, but differentiation lives in each
+backend's trainer (``jax.value_and_grad`` / ``tf.GradientTape`` / ``torch.autograd``) and ``Model.train_step``
+returns neither parameter nor input gradients. The training bridge needs both, so this module calls the
+active backend's own autodiff.
+
+It never imports a framework: it takes the module Keras itself has already imported for its backend from
+``sys.modules`` (``keras.backend.backend()`` is ``"tensorflow"``, ``"jax"`` or ``"torch"``, also the module
+names). So ``keras_impl`` still imports only ``keras`` and can never load a framework Keras is not using.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+import keras
+
+SUPPORTED_BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def _framework() -> tuple[str, ModuleType]:
+    name = keras.backend.backend()
+    if name not in SUPPORTED_BACKENDS:
+        raise NotImplementedError(f"gradients are implemented for the Keras backends {SUPPORTED_BACKENDS}, "
+                                  f"not {name!r}")
+    module = sys.modules.get(name)
+    if module is None:  # Keras imports its backend's framework at startup; this would be a Keras change
+        raise RuntimeError(f"Keras runs on {name!r} but {name!r} is not imported")
+    return name, module
+
+
+def value_and_grad(fn: Callable[[list, Any], tuple[Any, Any]], params: Sequence[Any], x: Any
+                   ) -> tuple[Any, Any, list, Any]:
+    """``fn(params, x) -> (loss, aux)``, differentiated w.r.t. every tensor of ``params`` and ``x``.
+
+    ``params`` and ``x`` are backend tensors; ``fn`` must be pure (e.g. built on ``stateless_call``).
+    Returns ``(loss, aux, param_grads, x_grad)`` as backend tensors; a parameter the loss does not depend
+    on gets a zero gradient.
+    """
+    name, fw = _framework()
+    params = list(params)
+    if name == "jax":
+        (loss, aux), (param_grads, x_grad) = fw.value_and_grad(fn, argnums=(0, 1), has_aux=True)(params, x)
+        return loss, aux, list(param_grads), x_grad
+    if name == "tensorflow":
+        params = [fw.convert_to_tensor(p) for p in params]
+        x = fw.convert_to_tensor(x)
+        with fw.GradientTape() as tape:
+            tape.watch(params)
+            tape.watch(x)
+            loss, aux = fn(params, x)
+        grads = tape.gradient(loss, [*params, x], unconnected_gradients=fw.UnconnectedGradients.ZERO)
+        return loss, aux, list(grads[:-1]), grads[-1]
+    # torch: fresh leaves (no aliasing of the variables' autograd state), gradients without .grad side effects
+    params = [p.detach().requires_grad_(True) for p in params]
+    x = x.detach().requires_grad_(True)
+    with fw.enable_grad():
+        loss, aux = fn(params, x)
+        grads = fw.autograd.grad(loss, [*params, x], allow_unused=True)
+    grads = [fw.zeros_like(t) if g is None else g for t, g in zip([*params, x], grads)]
+    return loss.detach(), aux, grads[:-1], grads[-1]

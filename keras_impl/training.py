@@ -1,0 +1,141 @@
+"""The training bridge: one NumPy-in, NumPy-out train step, comparable across backends
+(``docs/backend-contract.md``, "Training bridge").
+
+Backend-agnostic Keras 3: the forward is ``model.stateless_call(trainable, non_trainable, x, training=True)``
+inside a pure loss function, differentiated by the running backend's own autodiff
+(:mod:`keras_impl._autodiff`); the BatchNorm state it returns (running statistics by PyTorch's rule,
+``num_batches_tracked + 1``) is assigned back afterwards, and the step is a fresh
+``keras.optimizers.SGD(momentum=...)`` (zero momentum buffer, like the torch and flax bridges).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from common.ir import NetworkSpec
+from common.porting import to_canonical
+
+from . import _autodiff
+from .weights import keras_variables
+
+
+def _check_labels(labels: object, batch: int, classes: int) -> np.ndarray:
+    array = np.asarray(labels)
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integer class indices, got dtype {array.dtype}")
+    if array.shape != (batch,):
+        raise ValueError(f"labels must have shape ({batch},) for a batch of {batch}, got {array.shape}")
+    if array.size and (array.min() < 0 or array.max() >= classes):
+        raise ValueError(f"labels must lie in [0, {classes}), got values in [{array.min()}, {array.max()}]")
+    return array.astype(np.int32)  # class indices always fit; int32 works on JAX with or without x64
+
+
+def _check_input(model: keras.Model, x: object, dtype: str) -> np.ndarray:
+    array = np.asarray(x)
+    spec = model.spec
+    if isinstance(spec, NetworkSpec) and (array.ndim != 4 or array.shape[-1] != spec.in_channels):
+        hint = (" — this looks like NCHW; transpose(0, 2, 3, 1)"
+                if array.ndim == 4 and array.shape[1] == spec.in_channels else "")
+        raise ValueError(f"{spec.name} expects NHWC input (N, H, W, {spec.in_channels}), got shape "
+                         f"{array.shape}; keras_impl is channels_last{hint}")
+    if array.ndim == 0:
+        raise ValueError("x must have a batch dimension")
+    return np.ascontiguousarray(array, dtype=dtype)  # a copy in the model dtype: never the caller's buffer
+
+
+def cross_entropy(logits: Any, labels: Any) -> Any:
+    """Mean softmax cross-entropy of ``(N, C)`` logits against integer labels (``F.cross_entropy``).
+
+    Written with ``max`` / ``exp`` / ``log`` / ``sum`` and an explicit ``/ N`` because those keep float64 in
+    float64 on every backend (Keras' ``ops.mean`` and its losses' default ``floatx`` dtype would demote it).
+    """
+    shifted = logits - ops.stop_gradient(ops.max(logits, axis=-1, keepdims=True))
+    log_sum = ops.log(ops.sum(ops.exp(shifted), axis=-1))
+    picked = ops.squeeze(ops.take_along_axis(shifted, ops.expand_dims(labels, -1), axis=-1), -1)
+    dtype = keras.backend.standardize_dtype(logits.dtype)
+    count = ops.convert_to_tensor(np.asarray(ops.shape(logits)[0], dtype=dtype))
+    return ops.sum(log_sum - picked) / count
+
+
+def sgd(lr: float, momentum: float, dtype: str) -> keras.optimizers.SGD:
+    """A fresh ``keras.optimizers.SGD`` whose learning rate is exact in ``dtype``.
+
+    A float ``learning_rate`` becomes a ``floatx`` (float32) variable in Keras, i.e. 0.1 → 0.10000000149
+    even for a float64 model; a callable returning a tensor in the model dtype keeps it exact.
+    ``weight_decay`` is deliberately *not* Keras' (that one is decoupled, AdamW-style): the bridge adds
+    PyTorch's coupled L2 term to the gradients instead.
+    """
+    rate = ops.convert_to_tensor(np.asarray(lr, dtype=dtype))
+    return keras.optimizers.SGD(learning_rate=lambda: rate, momentum=float(momentum))
+
+
+def train_step_numpy(model: keras.Model, x: np.ndarray, labels: Sequence[int] | np.ndarray, lr: float = 0.0,
+                     momentum: float = 0.9, weight_decay: float = 0.0) -> dict[str, Any]:
+    """One train-mode step on NumPy data (NHWC ``x``, integer ``labels``).
+
+    Forward with ``training=True`` (BatchNorm: batch statistics, running statistics updated by PyTorch's
+    rule, ``num_batches_tracked + 1`` — except layers frozen with ``trainable=False``, e.g. by
+    :func:`keras_impl.freeze_backbone`, whose BatchNorm stays in inference mode), mean softmax
+    cross-entropy, gradients w.r.t. every variable of ``model.trainable_variables`` and w.r.t. the input,
+    then, if ``lr > 0``, one step of a fresh :func:`sgd` (``keras.optimizers.SGD``, zero momentum buffer)
+    on ``grad + weight_decay * variable`` — PyTorch's coupled L2, i.e. ``torch.optim.SGD(lr, momentum,
+    weight_decay)``'s first step. A failed forward (e.g. one value per channel in training: ``ValueError``
+    "Expected more than 1 value per channel when training") changes nothing: the forward is stateless
+    and its BatchNorm state is assigned only after it succeeded.
+
+    Returns ``{"logits": (N, classes), "loss": float, "grads": canonical-key dict of canonical-layout
+    gradients (trainable variables only), "input_grad": NHWC}``, all NumPy.
+    """
+    for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+        if not value >= 0:  # also rejects NaN
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    spec = model.spec
+    dtype = keras.backend.standardize_dtype(model.inputs[0].dtype)
+    array = _check_input(model, x, dtype)
+    classes = model.outputs[0].shape[-1]
+    if len(model.outputs[0].shape) != 2 or classes is None:
+        raise ValueError(f"train_step_numpy needs a model producing (N, classes) logits, got output shape "
+                         f"{tuple(model.outputs[0].shape)}")
+    target = ops.convert_to_tensor(_check_labels(labels, int(array.shape[0]), int(classes)))
+
+    trainable = list(model.trainable_variables)
+    non_trainable = list(model.non_trainable_variables)
+    key_of = {id(variable): key for key, variable in keras_variables(model).items()}
+    unknown = [v.path for v in trainable if id(v) not in key_of]
+    if unknown:  # a variable outside the porting table could not be reported canonically
+        raise ValueError(f"trainable variables outside the canonical weights: {unknown[:4]}")
+    state_in = [ops.convert_to_tensor(v) for v in non_trainable]
+
+    def loss_fn(params: list, inputs: Any) -> tuple[Any, tuple[Any, list]]:
+        logits, state = model.stateless_call(params, state_in, inputs, training=True)
+        return cross_entropy(logits, target), (logits, state)
+
+    loss, (logits, state), param_grads, input_grad = _autodiff.value_and_grad(
+        loss_fn, [ops.convert_to_tensor(v) for v in trainable], ops.convert_to_tensor(array))
+
+    # The forward succeeded: keep its BatchNorm updates (running stats, num_batches_tracked).
+    for variable, value in zip(non_trainable, state):
+        variable.assign(value)
+    if lr > 0 and trainable:
+        decay = ops.convert_to_tensor(np.asarray(weight_decay, dtype=dtype))
+        # Coupled L2 (torch.optim.SGD): g + wd·p feeds the momentum buffer. Keras' own `weight_decay`
+        # argument is decoupled (p -= lr·wd·p applied separately), so it is not used.
+        stepped = [g + decay * ops.convert_to_tensor(v) for g, v in zip(param_grads, trainable)] \
+            if weight_decay else list(param_grads)
+        sgd(lr, momentum, dtype).apply(stepped, trainable)
+
+    framework = {key_of[id(v)]: np.array(ops.convert_to_numpy(g)) for v, g in zip(trainable, param_grads)}
+    return {
+        "logits": np.array(ops.convert_to_numpy(logits)),
+        "loss": float(ops.convert_to_numpy(loss)),
+        "grads": to_canonical(spec, "keras", framework, partial=True),
+        "input_grad": np.array(ops.convert_to_numpy(input_grad)),
+    }
+
+
+__all__ = ["cross_entropy", "sgd", "train_step_numpy"]
