@@ -138,6 +138,9 @@ def test_safetensors_round_trip_with_metadata(tmp_path):
     assert list(loaded) == list(weights) and all(np.array_equal(loaded[k], weights[k]) for k in weights)
     assert loaded["conv1.1.num_batches_tracked"].dtype == np.int64 and loaded["conv1.1.num_batches_tracked"].shape == ()
     assert sorted(os.listdir(tmp_path)) == ["w.safetensors"]  # no temp files left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # the mode a plain open() would give
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
