@@ -33,13 +33,13 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[P
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode open() would
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp (and some writers) make 0600; give the mode open() would
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
