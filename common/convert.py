@@ -26,7 +26,7 @@ from .ir import NetworkSpec
 from .porting import check_weights
 from .params import canonical_params
 from .registry import get_spec, list_models
-from .weights_io import atomic_output, load_weights, save_weights
+from .weights_io import atomic_output, check_readable_file, load_weights, save_weights
 
 #: format → (backend package or None for common, extensions)
 FORMATS: dict[str, tuple[str | None, tuple[str, ...]]] = {
@@ -65,13 +65,7 @@ def read_weights(path: str | Path, fmt: str | None = None, model: str | NetworkS
     ``model`` is needed only by formats that do not record the architecture (``.weights.h5``).
     """
     fmt = detect_format(path, fmt)
-    source = Path(path)
-    if not source.exists():
-        raise WeightsFileError(f"{source}: no such file")
-    if source.is_dir():
-        raise WeightsFileError(f"{source}: is a directory, expected a weights file")
-    if source.stat().st_size == 0:
-        raise WeightsFileError(f"{source}: file is empty")
+    source = check_readable_file(path)
     backend = _backend(fmt)
     spec = None if model is None else get_spec(model) if isinstance(model, str) else model
     if backend is None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import GroupnetsError
 from .params import canonical_params
-from .random_input_labels import random_labels
+from .labels import random_labels
 from .random_weights import random_input, random_weights
 from .registry import get_spec
 from .verify import BOUNDS, DEFAULT_FRAMEWORKS, compare, framework_label, load_backend, to_nchw, to_nhwc

@@ -58,11 +58,8 @@ def save_weights(path: str | os.PathLike, weights: Mapping[str, np.ndarray],
     return Path(path)
 
 
-def load_weights(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read a ``.safetensors`` file → ``(weights, metadata)``. Raises :class:`WeightsFileError` with the
-    path and the problem for a missing, empty, truncated or corrupt file."""
-    from safetensors import safe_open
-
+def check_readable_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if it is an existing, non-empty regular file; else :class:`WeightsFileError`."""
     source = Path(path)
     if not source.exists():
         raise WeightsFileError(f"{source}: no such file")
@@ -70,6 +67,15 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[s
         raise WeightsFileError(f"{source}: is a directory, expected a weights file")
     if source.stat().st_size == 0:
         raise WeightsFileError(f"{source}: file is empty")
+    return source
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read a ``.safetensors`` file → ``(weights, metadata)``. Raises :class:`WeightsFileError` with the
+    path and the problem for a missing, empty, truncated or corrupt file."""
+    from safetensors import safe_open
+
+    source = check_readable_file(path)
     try:
         with safe_open(str(source), framework="numpy") as handle:
             metadata = dict(handle.metadata() or {})

@@ -22,19 +22,10 @@ from flax import nnx
 from common.ir import NetworkSpec
 from common.porting import to_canonical
 
+from common.labels import check_labels
+
 from .bridge import _modes, model_dtype
 from .transfer import trainable_filter
-
-
-def _check_labels(labels: object, batch: int, classes: int) -> np.ndarray:
-    array = np.asarray(labels)
-    if array.dtype.kind not in "iu":
-        raise ValueError(f"labels must be integer class indices, got dtype {array.dtype}")
-    if array.shape != (batch,):
-        raise ValueError(f"labels must have shape ({batch},) for a batch of {batch}, got {array.shape}")
-    if array.size and (array.min() < 0 or array.max() >= classes):
-        raise ValueError(f"labels must lie in [0, {classes}), got values in [{array.min()}, {array.max()}]")
-    return array.astype(np.int32)  # class indices always fit; int32 works with or without jax_enable_x64
 
 
 def sgd(lr: Any, momentum: Any, weight_decay: Any) -> optax.GradientTransformation:
@@ -105,7 +96,7 @@ def train_step_numpy(model: nnx.Module, x: np.ndarray, labels: Sequence[int] | n
     if classes is None:
         raise ValueError(f"train_step_numpy needs a network (or a Linear) producing logits, got "
                          f"{type(model).__name__}")
-    target = _check_labels(labels, int(array.shape[0]), int(classes))
+    target = check_labels(labels, int(array.shape[0]), int(classes)).astype(np.int32)  # int32: fits, with or without x64
     inputs = jnp.asarray(array, dtype)
     hyper = jnp.asarray([lr, momentum, weight_decay], dtype)  # traced: new values never recompile
 

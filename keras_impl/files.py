@@ -36,6 +36,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from common.weights_io import check_readable_file
 from common.errors import GroupnetsError, WeightsFileError
 from common.ir import NetworkSpec
 from common.porting import check_weights
@@ -145,12 +146,7 @@ def _with_suffix(source: Path, suffix: str) -> Iterator[str]:
 
 
 def _check_file(source: Path) -> None:
-    if not source.exists():
-        raise WeightsFileError(f"{source}: no such file")
-    if source.is_dir():
-        raise WeightsFileError(f"{source}: is a directory, expected a weights file")
-    if source.stat().st_size == 0:
-        raise WeightsFileError(f"{source}: file is empty")
+    check_readable_file(source)
 
 
 def _quiet_editor(path: str) -> keras.saving.KerasFileEditor:

@@ -18,21 +18,11 @@ import numpy as np
 from keras import ops
 
 from common.ir import NetworkSpec
+from common.labels import check_labels
 from common.porting import to_canonical
 
 from . import _autodiff
 from .weights import keras_variables
-
-
-def _check_labels(labels: object, batch: int, classes: int) -> np.ndarray:
-    array = np.asarray(labels)
-    if array.dtype.kind not in "iu":
-        raise ValueError(f"labels must be integer class indices, got dtype {array.dtype}")
-    if array.shape != (batch,):
-        raise ValueError(f"labels must have shape ({batch},) for a batch of {batch}, got {array.shape}")
-    if array.size and (array.min() < 0 or array.max() >= classes):
-        raise ValueError(f"labels must lie in [0, {classes}), got values in [{array.min()}, {array.max()}]")
-    return array.astype(np.int32)  # class indices always fit; int32 works on JAX with or without x64
 
 
 def _check_input(model: keras.Model, x: object, dtype: str) -> np.ndarray:
@@ -101,7 +91,7 @@ def train_step_numpy(model: keras.Model, x: np.ndarray, labels: Sequence[int] | 
     if len(model.outputs[0].shape) != 2 or classes is None:
         raise ValueError(f"train_step_numpy needs a model producing (N, classes) logits, got output shape "
                          f"{tuple(model.outputs[0].shape)}")
-    target = ops.convert_to_tensor(_check_labels(labels, int(array.shape[0]), int(classes)))
+    target = ops.convert_to_tensor(check_labels(labels, int(array.shape[0]), int(classes)).astype(np.int32))  # JAX without x64
 
     trainable = list(model.trainable_variables)
     non_trainable = list(model.non_trainable_variables)

@@ -11,21 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.ir import NetworkSpec
+from common.labels import check_labels
 from common.porting import to_canonical
 
 from .bridge import _device, model_dtype
 from .weights import _unwrap
-
-
-def _labels(labels: object, batch: int, classes: int) -> torch.Tensor:
-    array = np.asarray(labels)
-    if array.dtype.kind not in "iu":
-        raise ValueError(f"labels must be integer class indices, got dtype {array.dtype}")
-    if array.shape != (batch,):
-        raise ValueError(f"labels must have shape ({batch},) for a batch of {batch}, got {array.shape}")
-    if array.size and (array.min() < 0 or array.max() >= classes):
-        raise ValueError(f"labels must lie in [0, {classes}), got values in [{array.min()}, {array.max()}]")
-    return torch.as_tensor(array.astype(np.int64))
 
 
 def train_step_numpy(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np.ndarray, lr: float = 0.0,
@@ -66,7 +56,7 @@ def train_step_numpy(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np
             logits = model(inputs)
             if logits.ndim != 2:
                 raise ValueError(f"train_step_numpy needs (N, classes) logits, got shape {tuple(logits.shape)}")
-            target = _labels(labels, int(logits.shape[0]), int(logits.shape[1])).to(logits.device)
+            target = torch.as_tensor(check_labels(labels, int(logits.shape[0]), int(logits.shape[1]))).to(logits.device)
             loss = F.cross_entropy(logits, target)  # mean over the batch
             grads = torch.autograd.grad(loss, [p for _, p in trainable] + [inputs])
     except BaseException:

@@ -1,0 +1,22 @@
+"""Integer class labels: reproducible random ones for checks, and the validation every backend's
+training step applies before it touches the model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def random_labels(batch: int, num_classes: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, num_classes, size=batch).astype(np.int64)
+
+
+def check_labels(labels: object, batch: int, classes: int) -> np.ndarray:
+    """``labels`` as an int64 ``(batch,)`` array of class indices in ``[0, classes)``, else ValueError."""
+    array = np.asarray(labels)
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integer class indices, got dtype {array.dtype}")
+    if array.shape != (batch,):
+        raise ValueError(f"labels must have shape ({batch},) for a batch of {batch}, got {array.shape}")
+    if array.size and (array.min() < 0 or array.max() >= classes):
+        raise ValueError(f"labels must lie in [0, {classes}), got values in [{array.min()}, {array.max()}]")
+    return array.astype(np.int64)
