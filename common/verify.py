@@ -33,9 +33,11 @@ def load_backend(framework: str) -> ModuleType:
         raise GroupnetsError(f"unknown framework {framework!r}; choose from {', '.join(KNOWN_FRAMEWORKS)}")
     try:
         return importlib.import_module(f"{framework}_impl")
-    except ImportError as error:
-        raise GroupnetsError(f"framework {framework!r} is not installed ({error}); "
-                             f"install groupnets[{framework}]") from error
+    except ModuleNotFoundError as error:
+        if error.name and error.name.split(".")[0] in {"torch", "keras", "tensorflow", "jax", "flax", "optax"}:
+            raise GroupnetsError(f"framework {framework!r} is not installed ({error}); "
+                                 f"install groupnets[{framework}]") from error
+        raise  # a broken install or a bug: show the real traceback
 
 
 def framework_label(framework: str) -> str:
