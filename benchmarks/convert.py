@@ -25,14 +25,18 @@ EXTENSION = {"canonical": ".safetensors", "torch": ".pth", "keras-weights": ".we
              "flax": ".msgpack"}
 
 WORKER = r"""
-import json, resource, sys, time
+import json, sys, time
+def peak_mb():  # VmHWM: this process's own peak RSS (ru_maxrss would carry the parent's across exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 t0 = time.perf_counter()
 from common.convert import convert
 t1 = time.perf_counter()
 convert(sys.argv[1], sys.argv[2], sys.argv[3], overwrite=True)
 t2 = time.perf_counter()
 print("RESULT " + json.dumps({"convert_s": t2 - t1, "import_s": t1 - t0,
-                              "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                              "peak_mb": peak_mb()}))
 """
 
 

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,15 @@ DEFAULT_MODELS = ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "resnext50_32x4
 
 
 # ------------------------------------------------------------------------------------------- workers
+def peak_mb() -> float:
+    """This process's own peak RSS (VmHWM). ``ru_maxrss`` survives exec and would report the parent's."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _time(fn, warmup: int, repeats: int) -> tuple[float, float]:
     start = time.perf_counter()
     fn()  # first call: tracing / compilation / allocation
@@ -116,9 +124,9 @@ def run_row(row: str, model: str, batch: int, size: int, threads: int, warmup: i
     else:
         raise ValueError(f"unknown row {row}")
     median, first = _time(fn, warmup, repeats)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_mb()
     return {"row": row, "model": model, "batch": batch, "ms": median * 1e3, "first_ms": first * 1e3,
-            "peak_mb": peak_mb}
+            "peak_mb": peak}
 
 
 # ------------------------------------------------------------------------------------------- driver
