@@ -1,5 +1,5 @@
-"""Integer class labels: reproducible random ones for checks, and the validation every backend's
-training step applies before it touches the model."""
+"""Integer class labels (reproducible random ones for checks) and the argument validation every
+backend's training step applies before it touches the model."""
 
 from __future__ import annotations
 
@@ -20,3 +20,10 @@ def check_labels(labels: object, batch: int, classes: int) -> np.ndarray:
     if array.size and (array.min() < 0 or array.max() >= classes):
         raise ValueError(f"labels must lie in [0, {classes}), got values in [{array.min()}, {array.max()}]")
     return array.astype(np.int64)
+
+
+def check_step_hyperparameters(lr: float, momentum: float, weight_decay: float) -> None:
+    """SGD settings must be >= 0 (``not value >= 0`` also rejects NaN)."""
+    for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+        if not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")

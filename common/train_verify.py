@@ -18,7 +18,7 @@ from .params import canonical_params
 from .labels import random_labels
 from .random_weights import random_input, random_weights
 from .registry import get_spec
-from .verify import BOUNDS, DEFAULT_FRAMEWORKS, compare, framework_label, load_backend, to_nchw, to_nhwc
+from .verify import BOUNDS, DEFAULT_FRAMEWORKS, compare, within_bound, framework_label, load_backend, to_nchw, to_nhwc
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class TrainResult:
 
     @property
     def ok(self) -> bool:
-        return bool(np.isfinite(self.max_rel)) and self.max_rel <= self.bound
+        return within_bound(self.max_rel, self.bound)
 
 
 @dataclass

@@ -73,6 +73,11 @@ def run_framework(framework: str, node: object, weights: Mapping[str, np.ndarray
     return {k: np.asarray(v) for k, v in outputs.items()}
 
 
+def within_bound(max_rel: float, bound: float) -> bool:
+    """The product's pass rule: finite and at most ``bound`` (NaN / Inf never pass)."""
+    return bool(np.isfinite(max_rel)) and max_rel <= bound
+
+
 @dataclass(frozen=True)
 class PairResult:
     model: str
@@ -86,7 +91,7 @@ class PairResult:
 
     @property
     def ok(self) -> bool:
-        return bool(np.isfinite(self.max_rel)) and self.max_rel <= self.bound
+        return within_bound(self.max_rel, self.bound)
 
 
 def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

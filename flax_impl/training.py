@@ -22,7 +22,7 @@ from flax import nnx
 from common.ir import NetworkSpec
 from common.porting import to_canonical
 
-from common.labels import check_labels
+from common.labels import check_labels, check_step_hyperparameters
 
 from .bridge import _modes, model_dtype
 from .transfer import trainable_filter
@@ -81,9 +81,7 @@ def train_step_numpy(model: nnx.Module, x: np.ndarray, labels: Sequence[int] | n
     Returns ``{"logits": (N, classes), "loss": float, "grads": canonical-key dict of canonical-layout
     gradients (trainable parameters only), "input_grad": NHWC}``, all NumPy.
     """
-    for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
-        if not value >= 0:  # also rejects NaN
-            raise ValueError(f"{name} must be >= 0, got {value}")
+    check_step_hyperparameters(lr, momentum, weight_decay)
     spec = model.spec
     dtype = model_dtype(model)
     array = np.asarray(x)

@@ -18,7 +18,7 @@ import numpy as np
 from keras import ops
 
 from common.ir import NetworkSpec
-from common.labels import check_labels
+from common.labels import check_labels, check_step_hyperparameters
 from common.porting import to_canonical
 
 from . import _autodiff
@@ -81,9 +81,7 @@ def train_step_numpy(model: keras.Model, x: np.ndarray, labels: Sequence[int] | 
     Returns ``{"logits": (N, classes), "loss": float, "grads": canonical-key dict of canonical-layout
     gradients (trainable variables only), "input_grad": NHWC}``, all NumPy.
     """
-    for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
-        if not value >= 0:  # also rejects NaN
-            raise ValueError(f"{name} must be >= 0, got {value}")
+    check_step_hyperparameters(lr, momentum, weight_decay)
     spec = model.spec
     dtype = keras.backend.standardize_dtype(model.inputs[0].dtype)
     array = _check_input(model, x, dtype)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.ir import NetworkSpec
-from common.labels import check_labels
+from common.labels import check_labels, check_step_hyperparameters
 from common.porting import to_canonical
 
 from .bridge import _device, model_dtype
@@ -33,9 +33,7 @@ def train_step_numpy(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np
     Returns ``{"logits": (N, classes), "loss": float, "grads": canonical-key dict (trainable parameters
     only), "input_grad": NCHW}``, all NumPy.
     """
-    for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
-        if not value >= 0:  # also rejects NaN; checked before the forward touches any BatchNorm buffer
-            raise ValueError(f"{name} must be >= 0, got {value}")
+    check_step_hyperparameters(lr, momentum, weight_decay)  # before the forward touches any BN buffer
     network = _unwrap(model)
     spec = network.spec
     array = np.asarray(x)
