@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = ("onnxruntime", "torch", "torch_channels_last", "torch_compile", "keras_tensorflow_xla", "keras_tensorflow",
+ROWS = ("onnxruntime", "torch", "torch_channels_last", "torch_compile", "torch_fused", "torch_script",
+        "keras_tensorflow_xla", "keras_tensorflow",
         "keras_jax", "keras_torch", "flax_jit", "naive_keras_v1")
 DEFAULT_MODELS = ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "resnext50_32x4d")
 
@@ -94,6 +95,9 @@ def run_row(row: str, model: str, batch: int, size: int, threads: int, warmup: i
                 x = x.contiguous(memory_format=torch.channels_last)
             if row == "torch_compile":
                 net = torch.compile(net)
+            if row in ("torch_fused", "torch_script"):  # torch_impl's recommended inference path
+                mode = "eager" if row == "torch_fused" else "script"
+                net = torch_impl.optimize_for_inference(net, mode=mode, example_size=(size, size))
 
             def fn():
                 with torch.inference_mode():

@@ -1,0 +1,92 @@
+"""Deployment paths compute the same function: torch_impl's ``optimize_for_inference`` (BatchNorm folded,
+channels-last, frozen TorchScript) and the ONNX export run by ONNX Runtime, each against the float64 NumPy
+oracle under the same bounds as every framework (``common.verify.BOUNDS``), on batch and spatial sizes
+other than the ones traced with."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort  # a CI requirement: missing means a loud collection error, never a skip
+import pytest
+
+from common import get_spec, ir, list_models, random_input, random_weights
+from common.fusion import conv_bn_pairs
+from common.verify import BOUNDS, compare
+from conftest import import_backend
+from harness import network_outputs
+
+FAMILY_MODELS = ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "shufflenet_v1_g8_x0_5", "resnext50_32x4d")
+SIZE = (64, 64)
+
+
+def _torch_model(model: str, dtype: str):
+    torch_impl = import_backend("torch")
+    net = torch_impl.create_model(model, dtype=dtype)
+    torch_impl.load_weights(net, random_weights(get_spec(model), seed=1, dtype="float64"))
+    return torch_impl, net
+
+
+def _input(size=SIZE, batch=2) -> np.ndarray:
+    return random_input((batch, 3, *size), seed=2, dtype="float64")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("mode", ["eager", "script"])
+@pytest.mark.parametrize("model", FAMILY_MODELS)
+def test_torch_optimized_matches_oracle(model, mode, dtype):
+    torch_impl, net = _torch_model(model, dtype)
+    fast = torch_impl.optimize_for_inference(net, mode=mode, example_size=(32, 48))
+    oracle = network_outputs("numpy", model, "float64", SIZE)
+    got = torch_impl.forward_numpy(fast, _input(), taps=(mode == "eager"))
+    assert got.keys() <= oracle.keys() and "logits" in got
+    for tap, value in got.items():
+        max_abs, max_rel = compare(value, oracle[tap])
+        assert max_rel <= BOUNDS[dtype], f"{model} {mode} {dtype} {tap}: max rel {max_rel:.3e} (|Δ| {max_abs:.3e})"
+
+
+def test_optimize_for_inference_leaves_the_model_alone():
+    torch_impl, net = _torch_model("shufflenet_v1_g3_x1_0", "float32")
+    before = torch_impl.export_weights(net)
+    fast = torch_impl.optimize_for_inference(net, mode="eager")
+    after = torch_impl.export_weights(net)
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+    # every BatchNorm that follows a conv is gone from the inference copy, none from the model
+    pairs = list(conv_bn_pairs(net.spec))
+    assert pairs and all(type(fast.net.get_submodule(bn)).__name__ == "Identity" for _, bn in pairs)
+    assert all(type(net.get_submodule(bn)).__name__ == "BatchNorm2d" for _, bn in pairs)
+    with pytest.raises(RuntimeError, match="inference only"):
+        fast.train()
+
+
+def test_script_mode_has_no_taps():
+    torch_impl, net = _torch_model("shufflenet_v2_x0_5", "float32")
+    fast = torch_impl.optimize_for_inference(net, mode="script", example_size=(32, 32))
+    with pytest.raises(ValueError, match="stage taps"):
+        torch_impl.forward_numpy(fast, _input((32, 32)), taps=True)
+
+
+@pytest.mark.parametrize("model", list_models())
+def test_every_batch_norm_is_folded(model):
+    """In all three families every BatchNorm directly follows a conv (as in torchvision), so the fold
+    must find one pair per BatchNorm, each conv feeding a BatchNorm of its own width."""
+    spec = get_spec(model)
+    batch_norms = [path for path, op in ir.iter_leaves(spec) if isinstance(op, ir.BatchNorm2d)]
+    pairs = list(conv_bn_pairs(spec))
+    assert [bn for _, bn in pairs] == batch_norms
+    assert len({conv for conv, _ in pairs}) == len(pairs)
+
+
+@pytest.mark.parametrize("model", FAMILY_MODELS)
+def test_onnx_export_matches_torch(model, tmp_path):
+    """The exported file (dynamic batch) run by ONNX Runtime vs torch_impl eager and the oracle: ≤ 1e-5."""
+    torch_impl, net = _torch_model(model, "float32")
+    path = torch_impl.export_onnx(net, tmp_path / f"{model}.onnx", input_size=SIZE)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = _input(SIZE, batch)
+        (logits,) = session.run(None, {"input": x.astype(np.float32)})
+        eager = torch_impl.forward_numpy(net, x)["logits"]
+        assert compare(logits, eager)[1] <= BOUNDS["float32"]
+    oracle = network_outputs("numpy", model, "float64", SIZE)["logits"]
+    (logits,) = session.run(None, {"input": _input().astype(np.float32)})
+    assert compare(logits, oracle)[1] <= BOUNDS["float32"]

@@ -1,0 +1,127 @@
+"""The fast eval-mode path: BatchNorm folded into the convs, channels-last memory, optionally frozen
+TorchScript — what ONNX Runtime does to the same graph, done in PyTorch.
+
+``optimize_for_inference(model)`` returns a *new* module for inference only; the model it came from (its
+parameters, ``state_dict``, porting) is untouched and keeps training as before. Which variant is
+recommended comes from ``benchmarks/inference.py`` (README table), not from guesses.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.fusion import conv_bn_pairs, fold_batch_norm
+from common.ir import NetworkSpec
+
+from .bridge import _device, model_dtype
+from .weights import _unwrap
+
+Mode = Literal["eager", "script"]
+MODES = ("eager", "script")
+
+
+def fuse_batch_norm(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with every BatchNorm that directly follows a conv folded into that
+    conv (now with a bias) and replaced by ``nn.Identity``; the original is not modified."""
+    source = _unwrap(model)
+    fused = copy.deepcopy(source).eval()
+    for conv_path, bn_path in conv_bn_pairs(source.spec):
+        conv, bn = fused.get_submodule(conv_path), fused.get_submodule(bn_path)
+        weight, bias = fold_batch_norm(
+            _array(conv.weight), None if conv.bias is None else _array(conv.bias), _array(bn.weight),
+            _array(bn.bias), _array(bn.running_mean), _array(bn.running_var), bn.eps)
+        folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                           padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+                           dtype=conv.weight.dtype, device=conv.weight.device)
+        with torch.no_grad():
+            folded.weight.copy_(torch.from_numpy(weight))
+            folded.bias.copy_(torch.from_numpy(bias))
+        _replace(fused, conv_path, folded.eval())
+        _replace(fused, bn_path, nn.Identity())
+    for parameter in fused.parameters():
+        parameter.requires_grad_(False)
+    return fused
+
+
+def _array(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().cpu().numpy()
+
+
+def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
+class InferenceModel(nn.Module):
+    """An inference-only network: input in NCHW (any memory format), logits out, always eval mode.
+
+    Keeps ``spec`` and the dtype, so ``forward_numpy`` and ``common.verify`` drive it like any model.
+    ``forward_taps`` exists for the eager variant only (a frozen TorchScript graph has no stage taps).
+    """
+
+    def __init__(self, net: nn.Module, spec: NetworkSpec, dtype: torch.dtype, channels_last: bool,
+                 mode: Mode) -> None:
+        super().__init__()
+        self.net = net
+        self.spec = spec
+        self.channels_last = channels_last
+        self.mode = mode
+        self._groupnets_dtype = dtype
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self._prepare(x))
+
+    def forward_taps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.mode != "eager":
+            raise ValueError("stage taps are not available from a frozen TorchScript graph; use "
+                             "optimize_for_inference(model, mode='eager') for taps")
+        return self.net.forward_taps(self._prepare(x))
+
+    def train(self, mode: bool = True) -> "InferenceModel":
+        if mode:
+            raise RuntimeError("an optimize_for_inference model is for inference only; train the model it "
+                               "was made from")
+        return super().train(False)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, channels_last={self.channels_last}"
+
+
+def optimize_for_inference(model: nn.Module, mode: Mode = "script", channels_last: bool = True,
+                           example_size: tuple[int, int] = (224, 224)) -> InferenceModel:
+    """A fast inference copy of a network: BatchNorm folded (:func:`fuse_batch_norm`), channels-last
+    memory format, and for ``mode="script"`` traced + ``torch.jit.freeze`` + ``optimize_for_inference``
+    (constant weights, oneDNN prepacked convs, fused ReLUs, no Python per op — what makes batch 1 fast).
+
+    The traced graph takes any batch size and spatial size (nothing in the networks branches on them);
+    ``example_size`` is only the tracing input's H, W. The source model is not modified.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    source = _unwrap(model)
+    spec = getattr(source, "spec", None)
+    if not isinstance(spec, NetworkSpec):
+        raise TypeError(f"optimize_for_inference needs a whole network, got {type(source).__name__}")
+    dtype = model_dtype(source)
+    net = fuse_batch_norm(source)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if mode == "script":
+        example = torch.zeros(2, spec.in_channels, *example_size, dtype=dtype, device=_device(source))
+        if channels_last:
+            example = example.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            traced = torch.jit.trace(net, (example,), check_trace=False)
+            net = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+    return InferenceModel(net, spec, dtype, channels_last, mode).eval()
+
+
+__all__ = ["InferenceModel", "fuse_batch_norm", "optimize_for_inference"]
