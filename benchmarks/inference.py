@@ -68,7 +68,20 @@ def _input(batch: int, size: int, channels_last: bool):
 
 def run_row(row: str, model: str, batch: int, size: int, threads: int, warmup: int, repeats: int) -> dict:
     spec, weights = _weights(model)
-    if row.startswith("torch") or row == "onnxruntime":
+    if row == "onnxruntime":
+        # The file is exported by torch_impl in a child process, so this row's peak RSS is ORT's own.
+        import onnxruntime as ort
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            subprocess.run([sys.executable, str(Path(__file__).resolve()), "--export-onnx", model, str(path),
+                            "--size", str(size)], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {"input": _input(batch, size, False)}
+        fn = lambda: session.run(None, feed)  # noqa: E731
+    elif row.startswith("torch"):
         import torch
         import torch_impl
         torch.set_num_threads(threads)
@@ -76,32 +89,18 @@ def run_row(row: str, model: str, batch: int, size: int, threads: int, warmup: i
         torch_impl.load_weights(net, weights)
         net.eval()
         x = torch.from_numpy(_input(batch, size, False))
-        if row == "onnxruntime":
-            import onnxruntime as ort
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "model.onnx"
-                torch.onnx.export(net, (x[:1],), str(path), input_names=["input"], output_names=["logits"],
-                                  dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, opset_version=17,
-                                  dynamo=False)
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = threads
-                options.inter_op_num_threads = 1
-                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            feed = {"input": x.numpy()}
-            fn = lambda: session.run(None, feed)  # noqa: E731
-        else:
-            if row == "torch_channels_last":
-                net = net.to(memory_format=torch.channels_last)
-                x = x.contiguous(memory_format=torch.channels_last)
-            if row == "torch_compile":
-                net = torch.compile(net)
-            if row in ("torch_fused", "torch_script"):  # torch_impl's recommended inference path
-                mode = "eager" if row == "torch_fused" else "script"
-                net = torch_impl.optimize_for_inference(net, mode=mode, example_size=(size, size))
+        if row == "torch_channels_last":
+            net = net.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        if row == "torch_compile":
+            net = torch.compile(net)
+        if row in ("torch_fused", "torch_script"):  # torch_impl's recommended inference path
+            mode = "eager" if row == "torch_fused" else "script"
+            net = torch_impl.optimize_for_inference(net, mode=mode, example_size=(size, size))
 
-            def fn():
-                with torch.inference_mode():
-                    return net(x)
+        def fn():
+            with torch.inference_mode():
+                return net(x)
     elif row.startswith("keras") or row == "naive_keras_v1":
         import keras
         x = _input(batch, size, True)
@@ -131,6 +130,14 @@ def run_row(row: str, model: str, batch: int, size: int, threads: int, warmup: i
     peak = peak_mb()
     return {"row": row, "model": model, "batch": batch, "ms": median * 1e3, "first_ms": first * 1e3,
             "peak_mb": peak}
+
+
+def export_onnx(model: str, path: str, size: int) -> None:
+    """torch_impl's ONNX export (opset 17, dynamic batch) of the benchmark weights."""
+    import torch_impl
+    net = torch_impl.create_model(model)
+    torch_impl.load_weights(net, _weights(model)[1])
+    torch_impl.export_onnx(net, path, input_size=(size, size))
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -169,9 +176,13 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="batches 1 and 8, 2 warm-up, 5 repeats")
     parser.add_argument("--json", help="also write the raw rows to this file")
     parser.add_argument("--worker", nargs=3, metavar=("ROW", "MODEL", "BATCH"), help=argparse.SUPPRESS)
+    parser.add_argument("--export-onnx", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.batches, args.warmup, args.repeats = [1, 8], 2, 5
+    if args.export_onnx:
+        export_onnx(args.export_onnx[0], args.export_onnx[1], args.size)
+        return 0
     if args.worker:
         row, model, batch = args.worker
         print("RESULT " + json.dumps(run_row(row, model, int(batch), args.size, args.threads, args.warmup,
@@ -202,8 +213,10 @@ def main(argv=None) -> int:
                 else:
                     result = json.loads(line[len("RESULT "):])
                 if row == "onnxruntime" and "ms" in result:
-                    reference = result["ms"]
-                result["ratio"] = result["ms"] / reference if reference and "ms" in result else None
+                    reference = result
+                ok = reference is not None and "ms" in result
+                result["ratio"] = result["ms"] / reference["ms"] if ok else None
+                result["mem_ratio"] = result["peak_mb"] / reference["peak_mb"] if ok else None
                 results.append(result)
                 _print_row(result, batch)
     if args.json:
@@ -214,14 +227,15 @@ def main(argv=None) -> int:
 def _print_row(r: dict, batch: int) -> None:
     if not getattr(_print_row, "header", False):
         print(f"{'model':<24}{'batch':>6} {'row':<22}{'ms/batch':>10}{'img/s':>9}{'x ORT':>7}{'first ms':>10}"
-              f"{'peak MB':>9}")
+              f"{'peak MB':>9}{'mem x ORT':>10}")
         _print_row.header = True
     if "error" in r:
         print(f"{r['model']:<24}{batch:>6} {r['row']:<22}  error: {r['error']}", flush=True)
         return
     ratio = f"{r['ratio']:.2f}" if r.get("ratio") else "-"
+    mem_ratio = f"{r['mem_ratio']:.2f}" if r.get("mem_ratio") else "-"
     print(f"{r['model']:<24}{batch:>6} {r['row']:<22}{r['ms']:>10.1f}{batch / r['ms'] * 1e3:>9.1f}{ratio:>7}"
-          f"{r['first_ms']:>10.0f}{r['peak_mb']:>9.0f}", flush=True)
+          f"{r['first_ms']:>10.0f}{r['peak_mb']:>9.0f}{mem_ratio:>10}", flush=True)
 
 
 if __name__ == "__main__":
