@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -205,3 +206,162 @@ def test_cli_verify_user_weights(tmp_path):
     result = _cli("verify", MODEL, "--weights", str(source), "--size", "32", "--dtype", "float64")
     assert result.returncode == 0, result.stderr
     assert "all pairs within bounds" in result.stdout
+
+
+# ----------------------------------------------------------------- Keras files, read and written directly
+KERAS_FILE_CASES = [("shufflenet_v2_x0_5", "float32"), ("shufflenet_v2_x0_5", "float64"),
+                    ("shufflenet_v1_g3_x0_5", "float32"), ("shufflenet_v1_g3_x0_5", "float64"),
+                    ("resnext50_32x4d", "float32")]
+
+
+def _h5_structure(handle) -> dict:
+    """Every group and dataset: attributes, and a dataset's shape and dtype."""
+    import h5py
+
+    out = {}
+
+    def visit(name, obj):
+        attrs = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in obj.attrs.items()}
+        out[name] = (tuple(obj.shape), obj.dtype.str, attrs) if isinstance(obj, h5py.Dataset) else ("group", attrs)
+
+    handle.visititems(visit)
+    return out
+
+
+def _inner_h5_structure(keras_path: Path) -> dict:
+    import io
+    import zipfile
+
+    import h5py
+    with zipfile.ZipFile(keras_path) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as h:
+        return _h5_structure(h)
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("model,dtype", KERAS_FILE_CASES, ids=[f"{m}-{d}" for m, d in KERAS_FILE_CASES])
+def test_keras_files_are_exactly_what_keras_writes_and_reads(tmp_path, model, dtype):
+    """Written without building a model, yet: the same HDF5 groups, datasets, dtypes and attributes as
+    ``model.save_weights`` / ``model.save`` (same config.json), loadable by Keras itself (``safe_mode=True``)
+    on this backend; and Keras' own files read bit-exactly (``num_classes`` from the file)."""
+    import json
+    import zipfile
+
+    import h5py
+    import keras
+
+    import keras_impl
+    spec = get_spec(model, 10)
+    weights = random_weights(spec, 3, dtype, calibrate=False)
+    reference = keras_impl.build(spec, dtype)
+    keras_impl.load_weights(reference, weights)
+    theirs_h5, theirs_keras = tmp_path / "theirs.weights.h5", tmp_path / "theirs.keras"
+    reference.save_weights(str(theirs_h5))
+    reference.save(str(theirs_keras))
+    ours_h5, ours_keras = tmp_path / "ours.weights.h5", tmp_path / "ours.keras"
+    write_weights(ours_h5, weights, spec)
+    write_weights(ours_keras, weights, spec)
+
+    with h5py.File(theirs_h5, "r") as a, h5py.File(ours_h5, "r") as b:
+        assert _h5_structure(b) == _h5_structure(a)
+    assert _inner_h5_structure(ours_keras) == _inner_h5_structure(theirs_keras)
+    with zipfile.ZipFile(theirs_keras) as a, zipfile.ZipFile(ours_keras) as b:
+        assert [i.filename for i in b.infolist()] == [i.filename for i in a.infolist()]
+        assert json.loads(b.read("config.json")) == json.loads(a.read("config.json"))
+        assert json.loads(b.read("metadata.json")).keys() == json.loads(a.read("metadata.json")).keys()
+
+    fresh = keras_impl.build(spec, dtype)
+    fresh.load_weights(str(ours_h5))
+    assert _same(keras_impl.export_weights(fresh), weights)
+    loaded = keras.saving.load_model(str(ours_keras), compile=False, safe_mode=True)
+    assert isinstance(loaded, keras_impl.GroupNet) and loaded.spec == spec
+    assert _same(keras_impl.export_weights(loaded), weights)
+
+    assert _same(read_weights(theirs_h5, model=model)[0], weights)  # the registered 1000-class spec: fc from file
+    read, recorded = read_weights(theirs_keras)
+    assert recorded == model and _same(read, weights)
+
+
+@pytest.mark.parametrize("model", list_models())
+def test_keras_layout_places_every_tensor_once(model):
+    from keras_impl.h5_layout import keras_layout
+    from common.params import canonical_params
+    layout = keras_layout(get_spec(model))
+    assert sorted(layout.datasets.values()) == sorted(canonical_params(get_spec(model)))
+    groups = [entry.group for entry in layout.layers]
+    assert len(groups) == len(set(groups)) and layout.model_name == model
+
+
+def test_keras_weights_file_of_another_model_lists_every_problem(tmp_path):
+    source, _ = _source(tmp_path, "keras-weights", "shufflenet_v1_g3_x0_5")
+    with pytest.raises(WeightsFileError) as info:
+        convert(MODEL, source, tmp_path / "out.pth")
+    message = str(info.value)
+    assert str(source) in message and f"does not fit {MODEL!r}" in message
+    assert "missing layers/" in message and "expected (" in message
+    count = int(re.search(r"\((\d+) problems\)", message).group(1))
+    assert count > 12 and message.count("; ") == count - 1  # all of them, not the first few
+    assert not (tmp_path / "out.pth").exists()
+
+
+def test_keras_weights_file_with_missing_extra_and_misshapen_entries(tmp_path):
+    import h5py
+
+    from keras_impl.h5_layout import keras_layout
+    where = {key: path for path, key in keras_layout(get_spec(MODEL)).datasets.items()}
+    first, bias = where["conv1.0.weight"], where["fc.bias"]
+    stray = where["stage2.0.branch1.0.weight"].rsplit("/", 1)[0] + "/7"
+    source, _ = _source(tmp_path, "keras-weights")
+    with h5py.File(source, "a") as handle:
+        del handle[first], handle[bias]
+        handle[stray] = np.zeros(3, np.float32)
+        handle[bias] = np.zeros(7, np.float32)
+    with pytest.raises(WeightsFileError) as info:
+        read_weights(source, model=MODEL)
+    message = str(info.value)
+    assert str(source) in message and "(3 problems)" in message
+    assert f"missing {first} (conv1.0.weight" in message and f"unexpected {stray} (shape (3,))" in message
+    assert f"{bias} (fc.bias): shape (7,), expected (1000,)" in message
+
+
+@pytest.mark.parametrize("case", ["truncated", "not hdf5", "external link", "keras: other class", "keras: no weights",
+                                  "keras: truncated"])
+def test_bad_keras_files_are_refused_with_the_file_named(tmp_path, case):
+    import json
+    import zipfile
+
+    import h5py
+    h5, _ = _source(tmp_path, "keras-weights")
+    keras_file, _ = _source(tmp_path, "keras")
+    if case == "truncated":
+        bad = tmp_path / "cut.weights.h5"
+        bad.write_bytes(h5.read_bytes()[: h5.stat().st_size // 2])
+        expected = "corrupt or truncated"
+    elif case == "not hdf5":
+        bad = tmp_path / "text.weights.h5"
+        bad.write_bytes(b"hello" * 100)
+        expected = "no HDF5 signature"
+    elif case == "external link":
+        bad = tmp_path / "link.weights.h5"
+        bad.write_bytes(h5.read_bytes())
+        with h5py.File(bad, "a") as handle:
+            handle["layers/extra"] = h5py.ExternalLink(str(h5), "/layers")
+        expected = "a link"
+    elif case == "keras: other class":
+        bad = tmp_path / "seq.keras"
+        with zipfile.ZipFile(bad, "w") as archive:
+            archive.writestr("config.json", json.dumps({"module": "keras.layers", "class_name": "Lambda",
+                                                        "config": {"name": "evil"}, "registered_name": None}))
+            archive.writestr("model.weights.h5", h5.read_bytes())
+        expected = "not a groupnets model"
+    elif case == "keras: no weights":
+        bad = tmp_path / "empty.keras"
+        with zipfile.ZipFile(keras_file) as src, zipfile.ZipFile(bad, "w") as archive:
+            archive.writestr("config.json", src.read("config.json"))
+        expected = "has no model.weights.h5"
+    else:
+        bad = tmp_path / "cut.keras"
+        bad.write_bytes(keras_file.read_bytes()[: keras_file.stat().st_size // 2])
+        expected = "zip archive"
+    with pytest.raises(WeightsFileError) as info:
+        read_weights(bad, model=MODEL)
+    assert str(bad) in str(info.value) and expected in str(info.value)
