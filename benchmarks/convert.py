@@ -5,7 +5,8 @@
 
 Each conversion runs in its own process (so peak RSS is that conversion's own, imports included) and
 is timed end to end, process start-up and framework imports included, plus the conversion alone as
-the process measures it. Targets (issue 4): under 5 s and under 3x the weights' size in peak memory.
+the process measures it. Each runs the CLI's own code path (``common.cli.main(["convert", ...])``), with
+its default Keras backend for Keras files unless ``--keras-backend`` or ``$KERAS_BACKEND`` says otherwise. Targets (issue 4): under 5 s and under 3x the weights' size in peak memory.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ def peak_mb():  # VmHWM: this process's own peak RSS (ru_maxrss would carry the 
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
 t0 = time.perf_counter()
-from common.convert import convert
+from common.cli import main
 t1 = time.perf_counter()
-convert(sys.argv[1], sys.argv[2], sys.argv[3], overwrite=True)
+status = main(["convert", *sys.argv[1:4], "--force", *sys.argv[4:]])  # exactly what `groupnets convert` runs
 t2 = time.perf_counter()
+assert status == 0, f"groupnets convert exited with {status}"
 print("RESULT " + json.dumps({"convert_s": t2 - t1, "import_s": t1 - t0,
                               "peak_mb": peak_mb()}))
 """
@@ -44,6 +46,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnext101_32x8d")
     parser.add_argument("--formats", nargs="+", default=list(EXTENSION), choices=list(EXTENSION))
+    parser.add_argument("--keras-backend", choices=["tensorflow", "jax", "torch"],
+                        help="passed to `groupnets convert` (default: its own)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from common import get_spec, random_weights
@@ -63,7 +67,8 @@ def main(argv=None) -> int:
         for src, dst in itertools.permutations(args.formats, 2):
             out = Path(tmp) / f"out{EXTENSION[dst]}"
             start = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-c", WORKER, args.model, str(sources[src]), str(out)],
+            extra = ["--keras-backend", args.keras_backend] if args.keras_backend else []
+            proc = subprocess.run([sys.executable, "-c", WORKER, args.model, str(sources[src]), str(out), *extra],
                                   capture_output=True, text=True, env=env)
             wall = time.perf_counter() - start
             line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)

@@ -26,9 +26,12 @@ def _size(values: Sequence[int]) -> tuple[int, int]:
 
 def _prepare_environment(args: argparse.Namespace) -> None:
     """Settings frameworks read at import time, so they must be set before any backend is imported."""
-    if getattr(args, "keras_backend", None):
-        os.environ["KERAS_BACKEND"] = args.keras_backend
-    if "float64" in getattr(args, "dtypes", ()):
+    backend = getattr(args, "keras_backend", None)
+    if backend is None and "KERAS_BACKEND" not in os.environ:
+        backend = getattr(args, "default_keras_backend", None)  # a command's own default (convert: jax)
+    if backend:
+        os.environ["KERAS_BACKEND"] = backend
+    if "float64" in (getattr(args, "dtypes", None) or ()) or backend == "jax":
         # JAX computes float64 in float32 unless x64 mode is on before arrays are made
         os.environ.setdefault("JAX_ENABLE_X64", "1")
 
