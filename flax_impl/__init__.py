@@ -11,10 +11,14 @@ Models start in train mode (like PyTorch); ``model.eval()`` / ``model.train()`` 
 Also: ``read_file`` / ``write_file`` (``.msgpack``, :mod:`flax_impl.files`), transfer learning
 (``freeze_backbone`` / ``unfreeze`` / ``reset_classifier`` / ``trainable_filter``, :mod:`flax_impl.transfer`;
 ``model.pre_logits(x)``) and the training bridge ``train_step_numpy`` (:mod:`flax_impl.training`).
+
+Convs run on per-shape fast paths under ``jax.jit`` (matmul / shifted multiply-adds / per-group convs, with
+eval-mode BatchNorm folded where that pays; :func:`flax_impl.layers.conv_path`); ``set_conv_impl(model,
+"lax")`` switches back to plain ``lax.conv`` for comparison. Stored parameters are the same either way.
 """
 
 from .blocks import (Bottleneck, Container, Sequential, ShuffleV1Block, ShuffleV2Block, Stage,
-                     build_node)
+                     build_node, iter_modules, set_conv_impl)
 from .bridge import forward_numpy
 from .files import read_file, write_file
 from .layers import (AvgPool2d, BatchNorm2d, ChannelShuffle, Conv2d, Linear, MaxPool2d, ReLU,
@@ -30,7 +34,7 @@ __all__ = [
     "DATA_FORMAT", "AvgPool2d", "BatchNorm2d", "Bottleneck", "ChannelShuffle", "Container", "Conv2d",
     "Linear", "MaxPool2d", "Network", "ReLU", "Sequential", "ShuffleV1Block", "ShuffleV2Block", "Stage",
     "build", "build_node", "channel_shuffle", "channel_split", "counter_dtype", "create_model",
-    "export_weights", "forward_numpy", "freeze_backbone", "load_weights", "model_variables", "raw_weights",
-    "read_file", "reset_classifier", "resolve_dtype", "train_step_numpy", "trainable_filter", "unfreeze",
-    "write_file",
+    "export_weights", "forward_numpy", "freeze_backbone", "iter_modules", "load_weights", "model_variables",
+    "raw_weights", "read_file", "reset_classifier", "resolve_dtype", "set_conv_impl", "train_step_numpy",
+    "trainable_filter", "unfreeze", "write_file",
 ]

@@ -19,7 +19,8 @@ from flax import nnx
 from common import ir
 from common.errors import SpecError
 
-from .layers import build_leaf, channel_shuffle, channel_split, resolve_dtype
+from .layers import (BatchNorm2d, Conv2d, build_leaf, channel_shuffle, channel_split, check_conv_impl, conv_bn,
+                     resolve_dtype)
 
 
 class Container(nnx.Module):
@@ -49,8 +50,15 @@ class Sequential(Container):
     """Children ``"0", "1", ...`` applied in order (``torch.nn.Sequential``)."""
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        for _, layer in self.named_children():
-            x = layer(x)
+        layers = [layer for _, layer in self.named_children()]
+        i = 0
+        while i < len(layers):
+            if i + 1 < len(layers) and isinstance(layers[i], Conv2d) and isinstance(layers[i + 1], BatchNorm2d):
+                x = conv_bn(layers[i], layers[i + 1], x)  # conv → BN: folded in eval mode (see conv_bn)
+                i += 2
+            else:
+                x = layers[i](x)
+                i += 1
         return x
 
 
@@ -102,10 +110,30 @@ class Bottleneck(Container):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         identity = self.downsample(x) if self.spec.downsample is not None else x
-        out = jax.nn.relu(self.bn1(self.conv1(x)))
-        out = jax.nn.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        out = jax.nn.relu(conv_bn(self.conv1, self.bn1, x))
+        out = jax.nn.relu(conv_bn(self.conv2, self.bn2, out))
+        out = conv_bn(self.conv3, self.bn3, out)
         return jax.nn.relu(out + identity)
+
+
+def iter_modules(module: nnx.Module) -> Iterator[nnx.Module]:
+    """Every module of a flax_impl tree, via the containers' own child lists (cheap: no graph traversal)."""
+    yield module
+    if isinstance(module, Container):
+        for _, child in module.named_children():
+            yield from iter_modules(child)
+
+
+def set_conv_impl(model: nnx.Module, impl: str = "auto") -> nnx.Module:
+    """Switch every ``Conv2d`` of ``model`` to ``impl``: ``"auto"`` (per-shape fast paths, see
+    :func:`~flax_impl.layers.conv_path`, with eval-mode BatchNorm folded where that pays) or ``"lax"`` (plain
+    ``lax.conv`` and BatchNorm, as before), e.g. to compare the two. Parameters are untouched; a jitted
+    call retraces (``impl`` is static graph data). Returns ``model``."""
+    check_conv_impl(impl)
+    for module in iter_modules(model):
+        if isinstance(module, Conv2d):
+            module.impl = impl
+    return model
 
 
 CONTAINER_MODULES: dict[type, type[Container]] = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -10,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .blocks import Container
+from .blocks import iter_modules
 from .model import Network
 
 
@@ -24,17 +23,9 @@ def _forward(model: nnx.Module, x: jax.Array, taps: bool) -> Any:
 _jitted_forward = nnx.jit(_forward, static_argnames="taps", graph=False)
 
 
-def _walk(module: nnx.Module) -> Iterator[nnx.Module]:
-    """Every module of a flax_impl tree, via the containers' own child lists (cheap: no graph traversal)."""
-    yield module
-    if isinstance(module, Container):
-        for _, child in module.named_children():
-            yield from _walk(child)
-
-
 def _modes(model: nnx.Module) -> list[tuple[nnx.Module, Any]]:
     """Every sub-module with a train/eval flag and its current value (so a mixed mode is restored too)."""
-    return [(module, module.use_running_average) for module in _walk(model)
+    return [(module, module.use_running_average) for module in iter_modules(model)
             if hasattr(module, "use_running_average")]
 
 

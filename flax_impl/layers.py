@@ -7,8 +7,8 @@ hashable, so they are static data of the NNX graph) and its compute dtype as ``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -102,15 +102,132 @@ def channel_split(x: jax.Array, sections: int = 2) -> tuple[jax.Array, ...]:
     return tuple(jnp.split(x, int(sections), axis=-1))
 
 
+# ------------------------------------------------------------------------------ convolution paths
+# XLA's CPU convolution is slow for grouped / depthwise / 1x1 convs (see ../shared/README.md, "Measured on
+# this machine"), so the "auto" path rewrites each conv shape into what XLA does fast. Every path computes the
+# same sum of products as lax.conv (only the summation order differs) from the stored HWIO kernel.
+
+ConvImpl = Literal["auto", "lax"]
+CONV_IMPLS: tuple[str, ...] = ("auto", "lax")
+
+#: Taps path up to this many multiply-adds per output (k·k·in/groups): one fused elementwise loop beats
+#: XLA's conv for depthwise (9), the 3-channel 3x3 stem (27) and ResNeXt's 4- and 8-channel groups (36, 72).
+MAX_TAP_TERMS = 72
+#: Paths whose eval-mode BatchNorm is folded into the kernel (see :func:`conv_bn`).
+FOLD_PATHS: frozenset[str] = frozenset({"taps"})
+
+
+def check_conv_impl(impl: str) -> str:
+    """Validate an ``impl`` name (``"auto"`` or ``"lax"``)."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {impl!r}")
+    return impl
+
+
+def conv_path(op: ir.Conv2d, impl: str = "auto") -> str:
+    """Which formulation computes ``op``: ``"lax"``, ``"matmul"``, ``"taps"`` or ``"split"``.
+
+    Chosen per shape from measurements on a 2-core x86 CPU (XLA CPU, batch 1 and 32):
+    dense 1x1 → one matmul (1.3-2x faster than lax.conv); few products per output (depthwise, the
+    3-channel stem, narrow groups) → shifted multiply-adds (10-40x on depthwise, 2-6x on 4/8-channel
+    groups); wider groups → one dense conv per group, concatenated (3-7x). Everything else, including
+    grouped 1x1 convs (no clear winner) and the 7x7 stem, stays on lax.
+    """
+    if check_conv_impl(impl) == "lax":
+        return "lax"
+    per_group_in = op.in_channels // op.groups
+    if op.kernel_size == 1 and op.padding == 0:
+        # grouped 1x1 (ShuffleNet V1, g=3): per-group matmuls and one batched matmul were no faster in the
+        # whole network (1.1-1.6x slower at batch 32), so those stay on lax
+        return "matmul" if op.groups == 1 else "lax"
+    if op.kernel_size ** 2 * per_group_in <= MAX_TAP_TERMS:
+        return "taps"
+    return "split" if op.groups > 1 else "lax"
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, op: ir.Conv2d, path: str) -> jax.Array:
+    """``op`` (no bias) on NHWC ``x`` with an HWIO ``kernel``, computed the ``path`` way."""
+    s, p, g = op.stride, op.padding, op.groups
+    if path == "matmul":
+        return conv_matmul(x, kernel, s)
+    if path == "taps":
+        return conv_taps(x, kernel, s, p, g)
+    if path == "split":
+        return conv_split(x, kernel, s, p, g)
+    if path == "lax":
+        return conv_lax(x, kernel, s, p, g)
+    raise ValueError(f"unknown conv path {path!r}")
+
+
+def conv_lax(x: jax.Array, kernel: jax.Array, stride: int, pad: int, groups: int) -> jax.Array:
+    """One ``conv_general_dilated`` with explicit symmetric padding (what ``nnx.Conv`` does)."""
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=groups, precision=PRECISION)
+
+
+def conv_matmul(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """A dense 1x1 conv (no padding) as a matmul over channels: XLA's GEMM beats its conv for this."""
+    if stride > 1:
+        x = x[:, ::stride, ::stride, :]
+    return jnp.einsum("nhwi,io->nhwo", x, kernel[0, 0], precision=PRECISION)
+
+
+def shifted_taps(x: jax.Array, size: int, stride: int, pad: int) -> Iterator[tuple[int, int, jax.Array]]:
+    """``(dy, dx, x_pad[:, dy::stride, dx::stride][:ho, :wo])`` for every kernel tap of a VALID conv on the
+    zero-padded input. Stride > 1 first splits the input into stride² phases, so every tap is a contiguous
+    slice (strided slices were ~1.5x slower)."""
+    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    n, h, w, c = x.shape
+    ho, wo = (h - size) // stride + 1, (w - size) // stride + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"Conv2d: padded input {h}x{w} is smaller than the {size}x{size} kernel")
+    hp, wp = -(-h // stride) * stride, -(-w // stride) * stride  # round up to whole phases
+    x = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
+    phases = x.reshape(n, hp // stride, stride, wp // stride, stride, c)
+    for dy in range(size):
+        for dx in range(size):
+            y0, x0 = dy // stride, dx // stride
+            yield dy, dx, phases[:, y0:y0 + ho, dy % stride, x0:x0 + wo, dx % stride, :]
+
+
+def conv_taps(x: jax.Array, kernel: jax.Array, stride: int, pad: int, groups: int) -> jax.Array:
+    """Any conv as ``Σ_taps Σ_j  tap[..., g, j] · kernel[dy, dx, j, g, :]`` (``j`` = input channel within
+    group ``g``): k·k·in/groups broadcast multiply-adds that XLA fuses into one loop. Depthwise is
+    ``j ∈ {0}`` with the channel multiplier as the last axis (output channel ``c·mult + m``, PyTorch's order)."""
+    size, _, per_in, out = kernel.shape
+    per_out = out // groups
+    kernel = kernel.reshape(size, size, per_in, groups, per_out)
+    acc = None
+    for dy, dx, tap in shifted_taps(x, size, stride, pad):
+        tap = tap.reshape(*tap.shape[:3], groups, per_in)
+        for j in range(per_in):
+            term = tap[..., j:j + 1] * kernel[dy, dx, j]
+            acc = term if acc is None else acc + term
+    return acc.reshape(*acc.shape[:3], out)
+
+
+def conv_split(x: jax.Array, kernel: jax.Array, stride: int, pad: int, groups: int) -> jax.Array:
+    """A grouped conv as one dense lax conv per group, concatenated (XLA CPU's grouped conv is 3-7x slower)."""
+    per_in, per_out = x.shape[-1] // groups, kernel.shape[-1] // groups
+    return jnp.concatenate([conv_lax(x[..., i * per_in:(i + 1) * per_in],
+                                     kernel[..., i * per_out:(i + 1) * per_out], stride, pad, 1)
+                            for i in range(groups)], axis=-1)
+
+
 # -------------------------------------------------------------------------------------- modules
 class Conv2d(nnx.Conv):
     """``nnx.Conv`` built from an IR :class:`~common.ir.Conv2d`: kernel ``(k, k, in/groups, out)``.
 
     Depthwise convs (``groups == in_channels``) are the same module with ``feature_group_count=C``
     (kernel ``(k, k, 1, C·mult)``), which is what the porting table expects.
+
+    ``impl`` picks how the conv is computed, never what it stores: ``"auto"`` (default) the fastest XLA CPU
+    formulation for the op's shape (:func:`conv_path`), ``"lax"`` plain ``nnx.Conv`` (one
+    ``conv_general_dilated``). Switch a whole model with :func:`flax_impl.set_conv_impl`.
     """
 
-    def __init__(self, op: ir.Conv2d, *, dtype: Any = "float32", rngs: nnx.Rngs) -> None:
+    def __init__(self, op: ir.Conv2d, *, dtype: Any = "float32", rngs: nnx.Rngs, impl: ConvImpl = "auto") -> None:
         dtype = resolve_dtype(dtype)
         pad = op.padding
         super().__init__(
@@ -125,6 +242,20 @@ class Conv2d(nnx.Conv):
             rngs=rngs,
         )
         self.spec = op
+        self.impl = check_conv_impl(impl)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.impl == "lax":
+            return super().__call__(x)
+        return self.apply_kernel(x, self.kernel[...], None if self.bias is None else self.bias[...])
+
+    def apply_kernel(self, x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
+        """This conv with the given (possibly BatchNorm-folded) ``kernel`` / ``bias``, on the ``impl`` path."""
+        if x.ndim != 4 or x.shape[-1] != self.spec.in_channels:
+            raise ValueError(f"Conv2d expects NHWC input with {self.spec.in_channels} channels, "
+                             f"got shape {tuple(x.shape)}")
+        y = conv2d(jnp.asarray(x, self.dtype), kernel, self.spec, conv_path(self.spec, self.impl))
+        return y if bias is None else y + bias
 
 
 class BatchNorm2d(nnx.Module):
@@ -165,11 +296,20 @@ class BatchNorm2d(nnx.Module):
         if use_running_average is not None:
             self.use_running_average = use_running_average
 
-    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+    def uses_running_stats(self, use_running_average: bool | None = None) -> bool:
+        """Whether a call normalises with the running statistics (eval mode, or a frozen backbone)."""
         if use_running_average is None:
             use_running_average = self.use_running_average
-        if self.frozen:  # a frozen backbone's BatchNorm is always in inference mode (contract: transfer learning)
-            use_running_average = True
+        # a frozen backbone's BatchNorm is always in inference mode (contract: transfer learning)
+        return bool(use_running_average) or self.frozen
+
+    def folded_affine(self) -> tuple[jax.Array, jax.Array]:
+        """Eval-mode BatchNorm as ``x · scale + shift`` (``scale = weight / sqrt(var + eps)``)."""
+        scale = jax.lax.rsqrt(self.var[...] + self.epsilon) * self.scale[...]
+        return scale, self.bias[...] - self.mean[...] * scale
+
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        use_running_average = self.uses_running_stats(use_running_average)
         if x.shape[-1] != self.num_features:
             raise ValueError(f"BatchNorm2d expects {self.num_features} channels (last axis), got shape "
                              f"{tuple(x.shape)}")
@@ -191,6 +331,24 @@ class BatchNorm2d(nnx.Module):
             self.var[...] = jax.lax.stop_gradient((1 - m) * self.var[...] + m * unbiased)
             self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
         return (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * self.scale[...]) + self.bias[...]
+
+
+def conv_bn(conv: Conv2d, bn: BatchNorm2d, x: jax.Array) -> jax.Array:
+    """``bn(conv(x))``; in eval mode on a ``FOLD_PATHS`` conv the BatchNorm is folded into it at trace time
+    (``kernel·scale``, ``bias·scale + shift``, as ONNX Runtime does at load time).
+
+    Only the taps path folds: its kernel is tiny and scale/shift then vanish into the fused multiply-add
+    loop. Under ``jit`` the params are inputs, so folding a matmul / conv kernel rescales all of it on every
+    call, while XLA still needs its separate bias/ReLU pass: ResNeXt-50 at batch 1 went 114 → 176 ms.
+    Stored parameters are untouched; train mode (batch statistics) and ``impl="lax"`` never fold.
+    """
+    if (conv.impl == "lax" or not bn.uses_running_stats() or bn.num_features != conv.spec.out_channels
+            or conv_path(conv.spec, conv.impl) not in FOLD_PATHS):
+        return bn(conv(x))
+    scale, shift = bn.folded_affine()
+    kernel = conv.kernel[...] * scale  # HWIO: the output channel is the last axis
+    bias = shift if conv.bias is None else conv.bias[...] * scale + shift
+    return conv.apply_kernel(x, kernel, bias)
 
 
 class ReLU(nnx.Module):
