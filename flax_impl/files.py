@@ -19,8 +19,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import msgpack
 import numpy as np
 from flax import serialization
 
@@ -99,32 +100,80 @@ def write_file(path: str | os.PathLike, weights: Mapping[str, np.ndarray], spec:
         value = np.asarray(value)
         if key in integer_keys:  # PyTorch's num_batches_tracked type, whatever the caller passed
             value = value.astype(np.int64)
-        arrays[key] = np.array(value, dtype=value.dtype.newbyteorder("="), order="C", copy=True)
+        arrays[key] = value.astype(value.dtype.newbyteorder("="), copy=False)  # views stay views
     payload = {"format": FORMAT_VERSION,
                # the architecture actually written wins over a caller's stale model / num_classes
                "metadata": {**meta, "model": spec.name, "num_classes": str(spec.num_classes)},
                "state": nest(arrays)}
     try:
-        data = serialization.msgpack_serialize(payload)
         with open(path, "wb") as handle:
-            handle.write(data)
+            write_msgpack(handle, payload)
     except OSError as error:
         raise WeightsFileError(f"{path}: cannot write Flax msgpack file: {_first_line(error)}") from None
+
+
+def write_msgpack(handle: BinaryIO, tree: Mapping[str, Any]) -> None:
+    """The bytes of ``flax.serialization.msgpack_serialize(tree)``, streamed into ``handle`` one array at a
+    time: ``msgpack_serialize`` builds the whole file in memory (plus a contiguous copy of every array),
+    which took ResNeXt-101's conversion to 4.5x the weights' size. Nested dicts of str keys and NumPy
+    arrays / str values only (what :func:`write_file` writes); arrays of Flax's chunking size or more
+    are refused rather than written differently (no network here comes near it)."""
+    packer = msgpack.Packer(default=serialization._msgpack_ext_pack, strict_types=True)  # noqa: SLF001
+    stack: list[Any] = [tree]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            handle.write(packer.pack_map_header(len(item)))
+            # sorted keys, as msgpack_serialize's tree_map copy leaves them; reversed: popped back in order
+            for key, value in sorted(item.items(), reverse=True):
+                stack.append(value)
+                stack.append(_Key(key))
+        elif isinstance(item, _Key):
+            handle.write(packer.pack(item.text))
+        elif isinstance(item, np.ndarray):
+            if item.nbytes >= serialization.MAX_CHUNK_SIZE:
+                raise WeightsFileError(f"an array of {item.nbytes} bytes exceeds Flax's msgpack chunk size")
+            handle.write(packer.pack(item))  # Flax packs tobytes("C"): a transposed view is fine
+        else:
+            handle.write(packer.pack(item))
+
+
+def read_msgpack(handle: BinaryIO, size: int) -> Any:
+    """``flax.serialization.msgpack_restore`` of the file's bytes, unpacked from the file as it is read
+    (the whole file is never in memory next to the arrays rebuilt from it). msgpack only: arrays are
+    (shape, dtype name, raw bytes) ext records rebuilt by ``np.frombuffer``, object dtypes are refused, so
+    nothing in a file can run code. Trailing bytes are an error, as for ``msgpack_restore``."""
+    unpacker = msgpack.Unpacker(handle, ext_hook=serialization._msgpack_ext_unpack,  # noqa: SLF001
+                                raw=False, strict_map_key=False, max_buffer_size=max(size, 1))
+    tree = unpacker.unpack()
+    try:
+        unpacker.unpack()
+    except msgpack.OutOfData:
+        return serialization._unchunk_array_leaves_in_place(tree)  # noqa: SLF001 - as msgpack_restore
+    raise msgpack.ExtraData(tree, b"")
+
+
+class _Key(str):
+    """A map key on :func:`write_msgpack`'s stack (told apart from a str value)."""
+
+    @property
+    def text(self) -> str:
+        return str.__str__(self)
 
 
 # ---------------------------------------------------------------------------------------- read
 def _restore(source: Path) -> dict[str, Any]:
     try:
-        data = source.read_bytes()
+        size = source.stat().st_size
+        if not size:
+            raise WeightsFileError(f"{source}: file is empty")
+        with open(source, "rb") as handle:
+            restored = read_msgpack(handle, size)
     except OSError as error:
         raise WeightsFileError(f"{source}: cannot read: {_first_line(error)}") from None
-    if not data:
-        raise WeightsFileError(f"{source}: file is empty")
-    try:
-        # msgpack only: arrays are (shape, dtype name, raw bytes) ext records rebuilt by np.frombuffer;
-        # object dtypes are refused there, so nothing in the file can run code.
-        restored = serialization.msgpack_restore(data)
-    except Exception as error:  # msgpack raises ExtraData / ValueError / TypeError ... for bad or short input
+    except WeightsFileError:
+        raise
+    except Exception as error:  # msgpack raises OutOfData / ExtraData / ValueError ... for bad or short input
         raise WeightsFileError(f"{source}: not a readable Flax msgpack file (corrupt, truncated or another "
                                f"format): {type(error).__name__}: {_first_line(error)}") from None
     if not isinstance(restored, dict) or restored.get("format") != FORMAT_VERSION:

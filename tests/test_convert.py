@@ -365,3 +365,25 @@ def test_bad_keras_files_are_refused_with_the_file_named(tmp_path, case):
     with pytest.raises(WeightsFileError) as info:
         read_weights(bad, model=MODEL)
     assert str(bad) in str(info.value) and expected in str(info.value)
+
+
+def test_flax_file_is_exactly_what_flax_serialization_writes(tmp_path):
+    """flax_impl streams the msgpack file array by array (memory); the bytes must still be Flax's own."""
+    from flax import serialization
+    from flax_impl.files import FORMAT_VERSION, nest
+    spec = get_spec("shufflenet_v1_g3_x0_5")
+    weights = random_weights(spec, 0, "float64")
+    path = tmp_path / "w.msgpack"
+    write_weights(path, weights, spec)
+    framework = import_backend("flax").raw_weights(_flax_model(spec, weights))
+    framework = {k: (v.astype(np.int64) if k.endswith("num_batches_tracked") else v) for k, v in framework.items()}
+    payload = {"format": FORMAT_VERSION, "metadata": {"model": spec.name, "num_classes": "1000"},
+               "state": nest(framework)}
+    assert path.read_bytes() == serialization.msgpack_serialize(payload)
+
+
+def _flax_model(spec, weights):
+    flax_impl = import_backend("flax")
+    model = flax_impl.build(spec, "float64")
+    flax_impl.load_weights(model, weights)
+    return model
