@@ -170,8 +170,10 @@ def _to_tensor(array: object, integer: bool) -> torch.Tensor:
     value = np.asarray(array)
     if integer:  # PyTorch's num_batches_tracked is int64, whatever integer type the canonical set holds
         value = value.astype(np.int64)
+    # Shares the array's memory (no second copy of every weight): the tensors only live until torch.save
+    # has written them. Read-only arrays are copied (torch.from_numpy wants writable memory).
     value = np.require(value, dtype=value.dtype.newbyteorder("="), requirements=("C", "W"))
-    return torch.from_numpy(value).clone()  # own storage: no aliasing with the caller's arrays
+    return torch.from_numpy(value)
 
 
 def write_file(path: str | os.PathLike, weights: Mapping[str, np.ndarray], spec: NetworkSpec | None, fmt: str,
