@@ -275,6 +275,177 @@ class TorchBatchNormalization(keras.layers.BatchNormalization):
         return ops.cast(y, self.compute_dtype)
 
 
+# ------------------------------------------------------------------------------- fast convolutions
+# Eval speed (issue 6): each conv picks, per Keras backend and op shape, the formulation that runs fastest
+# on CPU (measured on the 2-core machine, batch 1 and 32, 224x224 networks). The variables, their names,
+# shapes and order are exactly Keras's own (these classes subclass the layers whose variables they keep),
+# so porting, .keras and .weights.h5 files are unchanged: the class *names* stay ``Conv2D`` /
+# ``DepthwiseConv2D`` on purpose, because a .weights.h5 file keys each layer by its snake-cased class name
+# ("conv2d", "depthwise_conv2d" + counter), and registration under package="groupnets" keeps .keras configs
+# (and safe_mode loading) unambiguous. Every formulation is the same sum of products in another order: the
+# float32 difference to the plain conv is ~1e-7 relative, float64 ~1e-16.
+#
+# |                      | TF (graph, no XLA)  | TF + XLA, JAX (XLA)                 | torch                |
+# |----------------------|---------------------|-------------------------------------|----------------------|
+# | depthwise k x k      | native tf kernel    | k*k shifted multiply-adds (~40x)    | NCHW view conv (2x)  |
+# | 1x1, groups=1        | native              | matmul on JAX (~2x); native on TF   | NCHW view conv       |
+# | 1x1, groups>1        | one einsum (~2x)    | einsum if it narrows, else native   | NCHW view conv       |
+# | k x k, groups>1      | per-group convs (8x)| per-group convs (2-4x)              | NCHW view conv (3x)  |
+# | k x k dense, C_in<=4 | native              | im2col + matmul on JAX (2x); native | NCHW view conv / nat.|
+#
+# "NCHW view conv" (torch backend): ``ops.conv(..., data_format="channels_first")`` on
+# ``ops.transpose(x, (0, 3, 1, 2))``, which on torch is a free view with channels-last strides, so
+# PyTorch runs its channels-last kernel and ``transpose`` back is a free view too; Keras's own
+# channels_last conv copies the input to NCHW and back to channels-last on every call (2-3x slower).
+# TensorFlow's grouped conv is refused on CPU without XLA, so Keras compiles each one with XLA on its own
+# (slow); XLA's CPU convs with feature_group_count are slow too (depthwise worst).
+
+
+def _backend() -> str:
+    return keras.backend.backend()
+
+
+def _in_tf_xla(x) -> bool:
+    """True while tracing ``x`` inside a TensorFlow function compiled with XLA (``jit_compile=True``).
+
+    keras_impl never imports TensorFlow, so this walks the graph's control-flow contexts the way
+    ``tensorflow.python.ops.control_flow_util.GraphOrParentsInXlaContext`` does (``tf.function`` enters
+    an ``XLAControlFlowContext`` around the trace of a jit-compiled function). Anything unexpected
+    (eager tensors, other TF versions) counts as "not XLA": only speed depends on it, never results.
+    """
+    try:
+        graph = x.graph
+        while graph is not None:
+            ctxt = graph._get_control_flow_context()  # noqa: SLF001 (TF private, duck-typed)
+            while ctxt is not None:
+                if ctxt.IsXLAContext():
+                    return True
+                ctxt = ctxt.outer_context
+            graph = getattr(graph, "outer_graph", None)
+    except Exception:  # noqa: BLE001 - eager tensors have no graph; any surprise means "not XLA"
+        return False
+    return False
+
+
+def _uses_xla(x) -> bool:
+    backend = _backend()
+    return backend == "jax" or (backend == "tensorflow" and _in_tf_xla(x))
+
+
+def _window(x, i: int, j: int, kh: int, kw: int, strides: tuple[int, int]):
+    """The input values kernel tap ``(i, j)`` meets in a VALID conv: ``x[:, i::s, j::s]`` cut to the output
+    size. Negative stops, so it also works on dynamic (None) spatial dims."""
+    sh, sw = strides
+    return x[:, i:(i - (kh - 1)) or None:sh, j:(j - (kw - 1)) or None:sw, :]
+
+
+def _nchw_view_conv(x, kernel, strides):
+    """torch backend: conv on a channels-last-strided NCHW view (no layout copies), back to NHWC."""
+    y = ops.conv(ops.transpose(x, (0, 3, 1, 2)), kernel, strides=strides, padding="valid",
+                 data_format="channels_first")
+    return ops.transpose(y, (0, 2, 3, 1))
+
+
+@_REGISTER
+class Conv2D(keras.layers.Conv2D):
+    """``keras.layers.Conv2D`` (same variables, config and class name) with a faster eval forward.
+
+    Only ``convolution_op`` changes (VALID, no dilation, channels_last, as ``leaf_layers`` builds it);
+    any other configuration uses Keras's own op. See the table above for which formulation runs where.
+    """
+
+    def _fast(self) -> bool:
+        return (self.padding == "valid" and self.data_format == "channels_last"
+                and tuple(self.dilation_rate) == (1, 1) and not self.lora_enabled)
+
+    def convolution_op(self, inputs, kernel):
+        if not self._fast():
+            return super().convolution_op(inputs, kernel)
+        backend = _backend()
+        strides = tuple(self.strides)
+        kh, kw, cin_g, cout = kernel.shape
+        g = self.groups
+        if backend == "torch":
+            if g == 1 and cin_g <= 4 and kh * kw >= 25:  # big-kernel stem on 3 channels: NCHW copy wins
+                return super().convolution_op(inputs, kernel)
+            return _nchw_view_conv(inputs, kernel, strides)
+        xla = _uses_xla(inputs)
+        if (kh, kw) == (1, 1):
+            x = inputs if strides == (1, 1) else inputs[:, ::strides[0], ::strides[1], :]
+            if g == 1:
+                if backend == "jax":
+                    return ops.einsum("...i,io->...o", x, kernel[0, 0])  # einsum keeps float64 everywhere
+                return super().convolution_op(inputs, kernel)
+            if xla and cout > cin_g * g:  # a widening grouped 1x1: XLA's own grouped conv is as fast
+                return super().convolution_op(inputs, kernel)
+            return self._grouped_pointwise(x, kernel[0, 0], g)
+        if g > 1:
+            return self._per_group(inputs, kernel, strides, g)
+        if backend == "jax" and cin_g <= 4:  # stem: im2col (taps stacked on channels) + one matmul
+            taps = [_window(inputs, i, j, kh, kw, strides) for i in range(kh) for j in range(kw)]
+            return ops.einsum("...i,io->...o", ops.concatenate(taps, axis=-1),
+                              ops.reshape(kernel, (kh * kw * cin_g, cout)))
+        return super().convolution_op(inputs, kernel)
+
+    @staticmethod
+    def _grouped_pointwise(x, kernel, groups: int):
+        """Grouped 1x1 conv as one einsum ``nhwgi,gio->nhwgo``; ``kernel`` is ``(in/g, out)``."""
+        cin_g, cout = kernel.shape
+        lead = tuple(ops.shape(x)[:-1])
+        w = ops.transpose(ops.reshape(kernel, (cin_g, groups, cout // groups)), (1, 0, 2))
+        y = ops.einsum("...gi,gio->...go", ops.reshape(x, (*lead, groups, cin_g)), w)
+        return ops.reshape(y, (*lead, cout))
+
+    @staticmethod
+    def _per_group(x, kernel, strides, groups: int):
+        """Grouped k x k conv as ``groups`` dense convs on channel slices, concatenated."""
+        xs = ops.split(x, groups, axis=-1)
+        ks = ops.split(kernel, groups, axis=-1)
+        return ops.concatenate([ops.conv(a, b, strides=strides, padding="valid") for a, b in zip(xs, ks)],
+                               axis=-1)
+
+
+@_REGISTER
+class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    """``keras.layers.DepthwiseConv2D`` (same variables ``(kh, kw, C, mult)``, config and class name) with
+    a faster eval forward: TF's native kernel without XLA, shifted multiply-adds under XLA, a strided NCHW
+    view on torch (see the table above)."""
+
+    def call(self, inputs):
+        if not (self.padding == "valid" and self.data_format == "channels_last"
+                and tuple(self.dilation_rate) == (1, 1)):
+            return super().call(inputs)
+        backend = _backend()
+        kernel = self.kernel
+        if backend == "torch":
+            kh, kw, c, m = kernel.shape
+            y = _nchw_view_conv(inputs, ops.reshape(kernel, (kh, kw, 1, c * m)), tuple(self.strides))
+        elif _uses_xla(inputs):
+            y = self._shifted(inputs, kernel, tuple(self.strides))
+        else:
+            return super().call(inputs)
+        if self.use_bias:
+            y = y + self.bias
+        return self.activation(y) if self.activation is not None else y
+
+    @staticmethod
+    def _shifted(x, kernel, strides):
+        """sum over taps (i, j) of window(i, j) * kernel[i, j]; the multiplier m repeats each channel m
+        times in place (output channel c*m + j, as Keras / PyTorch order them)."""
+        kh, kw, c, m = kernel.shape
+        y = None
+        for i in range(kh):
+            for j in range(kw):
+                window = _window(x, i, j, kh, kw, strides)
+                if m == 1:
+                    term = window * kernel[i, j, :, 0]
+                else:
+                    lead = tuple(ops.shape(window)[:-1])
+                    term = ops.reshape(window[..., None] * kernel[i, j], (*lead, c * m))
+                y = term if y is None else y + term
+        return y
+
+
 # ------------------------------------------------------------------------------ IR leaf op → layers
 def _conv_initializer() -> keras.initializers.Initializer:
     # He-normal (fan-in): these are ReLU nets; Keras's glorot_uniform default under-scales deep stacks.
@@ -292,12 +463,12 @@ def leaf_layers(op: object, path: str, dtype: str) -> list[keras.layers.Layer]:
             layers.append(keras.layers.ZeroPadding2D(op.padding, name=keras_name(base, "pad"), dtype=dtype))
         wname = weight_layer_name(path, op)
         if op.is_depthwise:
-            # Native depthwise kernel (fast on TF CPU); kernel (kh, kw, C, multiplier) per PORTING_TABLE.
-            layers.append(keras.layers.DepthwiseConv2D(
+            # Kernel (kh, kw, C, multiplier) per PORTING_TABLE; the fast path per backend is the class's.
+            layers.append(DepthwiseConv2D(
                 op.kernel_size, strides=op.stride, padding="valid", depth_multiplier=op.depth_multiplier,
                 use_bias=op.bias, depthwise_initializer=_conv_initializer(), name=wname, dtype=dtype))
         else:
-            layers.append(keras.layers.Conv2D(
+            layers.append(Conv2D(
                 op.out_channels, op.kernel_size, strides=op.stride, padding="valid", groups=op.groups,
                 use_bias=op.bias, kernel_initializer=_conv_initializer(), name=wname, dtype=dtype))
         return layers

@@ -123,3 +123,63 @@ def test_bad_group_counts_raise_clear_errors(framework):
         backend.channel_split(x, 3)
     with pytest.raises(SpecError, match="groups"):
         grouped_conv(10, 12, groups=4)
+
+
+#: (conv, the path flax_impl's "auto" picks for it, NCHW input): one case per fast path, odd sizes included.
+FLAX_PATH_CASES = [
+    (depthwise_conv(6, 3, 2, multiplier=2), "taps", (2, 6, 9, 7)),
+    (grouped_conv(3, 8, 3, 2), "taps", (2, 3, 11, 8)),  # 3-channel stem
+    (grouped_conv(16, 24, 3, 1, groups=4, bias=True), "taps", (2, 16, 7, 6)),  # 4 per group (ResNeXt layer1)
+    (grouped_conv(32, 32, 3, 2, groups=2), "split", (2, 32, 9, 8)),  # 16 per group: per-group dense convs
+    (grouped_conv(8, 12, 1, 2), "matmul", (2, 8, 7, 5)),
+    (grouped_conv(6, 12, 1, 1, groups=3), "lax", (2, 6, 5, 5)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("conv,path,shape", FLAX_PATH_CASES, ids=lambda v: str(v) if isinstance(v, str) else None)
+def test_flax_fast_conv_paths_match_lax(conv, path, shape, dtype):
+    """flax_impl's "auto" conv (+ eval-mode BatchNorm, folded on the taps path) vs ``impl="lax"`` and the oracle."""
+    flax_impl = import_backend("flax")
+    from common.verify import to_nhwc
+    from flax_impl.layers import conv_path
+    assert conv_path(conv, "auto") == path and conv_path(conv, "lax") == "lax"
+    node = ir.Sequential((conv, ir.BatchNorm2d(conv.out_channels)))
+    weights = random_weights(node, 0, "float64")
+    x = random_input(shape, 1, "float64")
+    oracle = to_nhwc(run_framework("numpy", node, weights, x, dtype)["output"])
+    outs = {}
+    for impl in ("auto", "lax"):
+        model = flax_impl.set_conv_impl(flax_impl.build(node, dtype=dtype), impl)
+        flax_impl.load_weights(model, weights)
+        outs[impl] = flax_impl.forward_numpy(model, to_nhwc(x).astype(dtype))["output"]
+    for a, b, what in ((outs["auto"], oracle, "auto vs numpy"), (outs["lax"], oracle, "lax vs numpy"),
+                       (outs["auto"], outs["lax"], "auto vs lax")):
+        max_abs, max_rel = compare(a, b)
+        assert max_rel <= BOUNDS[dtype], f"{conv} {dtype} {what}: max rel {max_rel:.3e} (max |Δ| {max_abs:.3e})"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("framework", ["keras"])
+@pytest.mark.parametrize("node,size", [
+    (depthwise_conv(6, 3, 1), (9, 7)), (depthwise_conv(4, 3, 2, multiplier=2, bias=True), (8, 8)),
+    (grouped_conv(12, 6, 1, 1, 3), (5, 6)), (grouped_conv(6, 12, 1, 2, 3, bias=True), (7, 7)),
+    (grouped_conv(16, 16, 3, 2, 8), (9, 8)), (grouped_conv(3, 8, 7, 2, 1), (13, 11)),
+    (grouped_conv(3, 8, 3, 2, 1), (9, 9)), (grouped_conv(8, 8, 1, 2, 1, bias=True), (7, 6)),
+])
+def test_keras_fast_conv_paths_compiled(framework, dtype, node, size):
+    """Keras convs pick a formulation per backend *and* per compiler (TF graph vs XLA): the compiled
+    ``predict_on_batch`` (XLA on TF via ``jit_compile=True``; jitted on JAX) must match the oracle too."""
+    keras_impl = import_backend("keras")
+    import keras
+    weights = random_weights(node, 0, "float64")
+    x = random_input((2, node.in_channels, *size), 1, "float64")
+    expected = run_framework("numpy", node, weights, x, dtype)["output"]
+    model = keras_impl.build(node, dtype=dtype)
+    keras_impl.load_weights(model, weights)
+    for jit in ((True, False) if keras.backend.backend() == "tensorflow" else ("auto",)):  # TF: XLA and graph
+        model.compile(jit_compile=jit)
+        out = np.asarray(model.predict_on_batch(np.ascontiguousarray(x.transpose(0, 2, 3, 1).astype(dtype))))
+        assert out.dtype == np.dtype(dtype)
+        max_abs, max_rel = compare(out.transpose(0, 3, 1, 2), expected)
+        assert max_rel <= BOUNDS[dtype], f"{node}, {dtype}, jit {jit}: max rel {max_rel:.3e} (max |Δ| {max_abs:.3e})"
