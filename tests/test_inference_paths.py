@@ -90,3 +90,11 @@ def test_onnx_export_matches_torch(model, tmp_path):
     oracle = network_outputs("numpy", model, "float64", SIZE)["logits"]
     (logits,) = session.run(None, {"input": _input().astype(np.float32)})
     assert compare(logits, oracle)[1] <= BOUNDS["float32"]
+
+
+@pytest.mark.parametrize("model,mode", [("shufflenet_v2_x1_0", "script"), ("resnext50_32x4d", "script"),
+                                        ("shufflenet_v1_g3_x1_0", "eager"), ("shufflenet_v1_g1_x1_0", "script")])
+def test_auto_mode_follows_the_benchmark(model, mode):
+    """Frozen TorchScript except for grouped 1x1 convs (ShuffleNet V1, g > 1), where eager was faster."""
+    torch_impl, net = _torch_model(model, "float32")
+    assert torch_impl.optimize_for_inference(net, example_size=(32, 32)).mode == mode

@@ -5,7 +5,7 @@
 from .blocks import Bottleneck, ShuffleV1Block, ShuffleV2Block
 from .bridge import forward_numpy
 from .export import export_onnx
-from .inference import InferenceModel, fuse_batch_norm, optimize_for_inference
+from .inference import InferenceModel, fuse_batch_norm, optimize_for_inference, recommended_mode
 from .files import read_file, write_file
 from .layers import ChannelShuffle, channel_shuffle, channel_split
 from .model import Network, build, create_model
@@ -19,5 +19,6 @@ __all__ = [
     "DATA_FORMAT", "Bottleneck", "ChannelShuffle", "InferenceModel", "Network", "ShuffleV1Block",
     "ShuffleV2Block", "build", "channel_shuffle", "channel_split", "create_model", "export_onnx",
     "export_weights", "forward_numpy", "freeze_backbone", "fuse_batch_norm", "load_weights",
-    "optimize_for_inference", "read_file", "reset_classifier", "train_step_numpy", "unfreeze", "write_file",
+    "optimize_for_inference", "read_file", "recommended_mode", "reset_classifier", "train_step_numpy",
+    "unfreeze", "write_file",
 ]
