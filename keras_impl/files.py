@@ -49,7 +49,7 @@ from common.registry import get_spec
 from common.weights_io import atomic_output, check_readable_file
 
 from .h5_layout import H5Layout, keras_layout
-from .model import SUPPORTED_DTYPES, GroupNet, spec_from_config
+from .model import SUPPORTED_DTYPES, GroupNet, spec_from_model_config
 
 KERAS_FORMATS = ("keras-weights", "keras")
 SUFFIXES = {"keras-weights": ".weights.h5", "keras": ".keras"}
@@ -350,10 +350,7 @@ def _spec_from_keras_config(data: object, source: Path) -> tuple[object, str]:
     if not isinstance(config, dict) or config.get("dtype", "float32") not in SUPPORTED_DTYPES:
         raise WeightsFileError(f"{source}: a GroupNet config.json without a valid config / dtype")
     try:
-        if config.get("spec") is not None:
-            spec = spec_from_config(config["spec"])
-        else:
-            spec = get_spec(config.get("model_name"), config.get("num_classes"))
+        spec = spec_from_model_config(config)  # the very rule GroupNet.from_config rebuilds by
     except (GroupnetsError, TypeError, ValueError, KeyError) as error:
         raise WeightsFileError(f"{source}: cannot rebuild the saved groupnets model: {_first_line(error)}") from None
     return spec, config.get("dtype", "float32")

@@ -168,13 +168,16 @@ class GroupNet(keras.Model):
 
     @classmethod
     def from_config(cls, config: dict, custom_objects: dict | None = None) -> "GroupNet":
-        config = dict(config)
-        if config.get("spec") is not None:
-            spec = spec_from_config(config["spec"])
-        else:
-            spec = get_spec(config["model_name"], config["num_classes"])
-        return cls(spec, dtype=config.get("dtype", "float32"), name=config.get("name"),
+        return cls(spec_from_model_config(config), dtype=config.get("dtype", "float32"), name=config.get("name"),
                    trainable=config.get("trainable", True))
+
+
+def spec_from_model_config(config: dict) -> object:
+    """The IR node a :meth:`GroupNet.get_config` describes: its IR tree, or a registered name + classes.
+    Only whitelisted IR dataclasses can come out (:func:`spec_from_config`); nothing else is created."""
+    if config.get("spec") is not None:
+        return spec_from_config(config["spec"])
+    return get_spec(config["model_name"], config["num_classes"])
 
 
 def _default_name(spec: object) -> str:
