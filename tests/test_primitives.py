@@ -103,6 +103,29 @@ def test_channel_shuffle_function(framework, convention, channels, groups):
     assert np.array_equal(to_numpy(framework, out), native_layout(framework, oracle_shuffle(x, groups, convention)))
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("convention", ["paper", "inverse"])
+def test_torch_shuffle_keeps_memory_format(channels_last, convention):
+    """torch_impl shuffles channels-last storage in place of layout (one copy, no NCHW round trip), and
+    ``concat_shuffle`` (ShuffleNet V2's cat + 2-group shuffle in one copy) is exactly cat then shuffle."""
+    import torch
+    import torch_impl
+    from torch_impl.layers import concat_shuffle
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = random_input((2, 12, 3, 5), 0, "float32")
+    t = torch.from_numpy(x).contiguous(memory_format=fmt)
+    out = torch_impl.channel_shuffle(t, 3, convention)
+    assert np.array_equal(out.numpy(), oracle_shuffle(x, 3, convention))
+    assert out.is_contiguous(memory_format=fmt)
+    a, b = t[:, :6], t[:, 6:]
+    a, b = a.contiguous(memory_format=fmt), b.contiguous(memory_format=fmt)
+    fused = concat_shuffle(a, b)
+    assert np.array_equal(fused.numpy(), oracle_shuffle(x, 2, "paper"))
+    assert fused.is_contiguous(memory_format=fmt)
+    with pytest.raises(ValueError, match="equal halves"):
+        concat_shuffle(a, b[:, :4])
+
+
 @pytest.mark.parametrize("sections", [1, 2, 4])
 def test_channel_split_function(framework, sections):
     backend = import_backend(framework)

@@ -14,7 +14,7 @@ from torch import nn
 
 from common import ir
 
-from .layers import channel_shuffle, channel_split
+from .layers import channel_split, concat_shuffle
 
 NamedModules = Iterable[tuple[str, nn.Module]]
 
@@ -32,10 +32,8 @@ class ShuffleV2Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1:
             x1, x2 = channel_split(x, 2)
-            out = torch.cat((x1, self.branch2(x2)), dim=1)
-        else:
-            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
-        return channel_shuffle(out, 2, "paper")
+            return concat_shuffle(x1, self.branch2(x2))  # = channel_shuffle(cat(...), 2, "paper")
+        return concat_shuffle(self.branch1(x), self.branch2(x))
 
 
 class ShuffleV1Block(nn.Module):
@@ -51,7 +49,9 @@ class ShuffleV1Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1:
-            return self.relu(x + self.branch(x))
+            out = self.branch(x)
+            out += x  # in place on the branch's fresh output, as torchvision's Bottleneck: no new buffer
+            return self.relu(out)
         return self.relu(torch.cat((self.shortcut(x), self.branch(x)), dim=1))
 
 
@@ -72,4 +72,5 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out += identity  # in place, as torchvision: the conv output is fresh
+        return self.relu(out)

@@ -20,7 +20,28 @@ def channel_shuffle(x: torch.Tensor, groups: int, convention: str = "paper") -> 
     ``unflatten``/``flatten`` never mention N, H or W, so dynamic batch/spatial sizes export cleanly.
     """
     a, b = shuffle_view(int(x.shape[1]), groups, convention)  # validates; SpecError is a ValueError
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        # Same permutation on the NHWC storage, so the result stays channels-last: the NCHW recipe
+        # below would write an NCHW tensor, and every later op would pay a layout conversion
+        # (ShuffleNet V1 g3, batch 32: 200 -> see README "Fast inference").
+        nhwc = x.permute(0, 2, 3, 1)
+        return nhwc.unflatten(3, (a, b)).transpose(3, 4).flatten(3, 4).permute(0, 3, 1, 2)
     return x.unflatten(1, (a, b)).transpose(1, 2).flatten(1, 2)
+
+
+def concat_shuffle(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``channel_shuffle(torch.cat((first, second), 1), 2, "paper")`` in one copy instead of two.
+
+    With two groups the paper shuffle interleaves the halves (``out[2k + i] = half_i[k]``), which is
+    stacking them on a new axis right after the channels. The values are the same, bit for bit; only
+    the number of passes over memory changes (ShuffleNet V2's every unit). Keeps channels-last storage.
+    """
+    if first.shape != second.shape:
+        raise ValueError(f"concat_shuffle needs equal halves, got {tuple(first.shape)} and {tuple(second.shape)}")
+    if first.dim() == 4 and not first.is_contiguous() and first.is_contiguous(memory_format=torch.channels_last):
+        nhwc = torch.stack((first.permute(0, 2, 3, 1), second.permute(0, 2, 3, 1)), dim=4)
+        return nhwc.flatten(3, 4).permute(0, 3, 1, 2)
+    return torch.stack((first, second), dim=2).flatten(1, 2)
 
 
 def channel_split(x: torch.Tensor, sections: int = 2) -> tuple[torch.Tensor, ...]:
