@@ -128,18 +128,17 @@ def conv_path(op: ir.Conv2d, impl: str = "auto") -> str:
     """Which formulation computes ``op``: ``"lax"``, ``"matmul"``, ``"taps"`` or ``"split"``.
 
     Chosen per shape from measurements on a 2-core x86 CPU (XLA CPU, batch 1 and 32):
-    dense 1x1 → one matmul (1.3-2x faster than lax.conv); few products per output (depthwise, the
-    3-channel stem, narrow groups) → shifted multiply-adds (10-40x on depthwise, 2-6x on 4/8-channel
-    groups); wider groups → one dense conv per group, concatenated (3-7x). Everything else, including
-    grouped 1x1 convs (no clear winner) and the 7x7 stem, stays on lax.
+    dense 1x1 → one matmul (1.3-2x faster than lax.conv); grouped 1x1 → one matmul per group,
+    concatenated (ShuffleNet V1 g3 whole network, batch 32: 366 → 240 ms; batch 1 about 20% faster);
+    few products per output (depthwise, the 3-channel stem, narrow groups) → shifted multiply-adds
+    (10-40x on depthwise, 2-6x on 4/8-channel groups); wider groups → one dense conv per group,
+    concatenated (3-7x). The 7x7 stem stays on lax.
     """
     if check_conv_impl(impl) == "lax":
         return "lax"
     per_group_in = op.in_channels // op.groups
     if op.kernel_size == 1 and op.padding == 0:
-        # grouped 1x1 (ShuffleNet V1, g=3): per-group matmuls and one batched matmul were no faster in the
-        # whole network (1.1-1.6x slower at batch 32), so those stay on lax
-        return "matmul" if op.groups == 1 else "lax"
+        return "matmul" if op.groups == 1 else "split"
     if op.kernel_size ** 2 * per_group_in <= MAX_TAP_TERMS:
         return "taps"
     return "split" if op.groups > 1 else "lax"
@@ -208,8 +207,13 @@ def conv_taps(x: jax.Array, kernel: jax.Array, stride: int, pad: int, groups: in
 
 
 def conv_split(x: jax.Array, kernel: jax.Array, stride: int, pad: int, groups: int) -> jax.Array:
-    """A grouped conv as one dense lax conv per group, concatenated (XLA CPU's grouped conv is 3-7x slower)."""
+    """A grouped conv as one dense conv per group, concatenated (XLA CPU's grouped conv is 3-7x slower);
+    1x1 groups are matmuls (:func:`conv_matmul`)."""
     per_in, per_out = x.shape[-1] // groups, kernel.shape[-1] // groups
+    if kernel.shape[:2] == (1, 1) and pad == 0:
+        return jnp.concatenate([conv_matmul(x[..., i * per_in:(i + 1) * per_in],
+                                            kernel[..., i * per_out:(i + 1) * per_out], stride)
+                                for i in range(groups)], axis=-1)
     return jnp.concatenate([conv_lax(x[..., i * per_in:(i + 1) * per_in],
                                      kernel[..., i * per_out:(i + 1) * per_out], stride, pad, 1)
                             for i in range(groups)], axis=-1)

@@ -155,7 +155,8 @@ FLAX_PATH_CASES = [
     (grouped_conv(16, 24, 3, 1, groups=4, bias=True), "taps", (2, 16, 7, 6)),  # 4 per group (ResNeXt layer1)
     (grouped_conv(32, 32, 3, 2, groups=2), "split", (2, 32, 9, 8)),  # 16 per group: per-group dense convs
     (grouped_conv(8, 12, 1, 2), "matmul", (2, 8, 7, 5)),
-    (grouped_conv(6, 12, 1, 1, groups=3), "lax", (2, 6, 5, 5)),
+    (grouped_conv(6, 12, 1, 1, groups=3), "split", (2, 6, 5, 5)),  # grouped 1x1: per-group matmuls
+    (grouped_conv(6, 12, 1, 2, groups=3), "split", (2, 6, 7, 6)),
 ]
 
 
