@@ -5,6 +5,8 @@ other than the ones traced with."""
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import onnxruntime as ort  # a CI requirement: missing means a loud collection error, never a skip
 import pytest
@@ -98,3 +100,30 @@ def test_auto_mode_follows_the_benchmark(model, mode):
     """Frozen TorchScript except for grouped 1x1 convs (ShuffleNet V1, g > 1), where eager was faster."""
     torch_impl, net = _torch_model(model, "float32")
     assert torch_impl.optimize_for_inference(net, example_size=(32, 32)).mode == mode
+
+
+@pytest.mark.parametrize("framework", ["keras"])
+@pytest.mark.parametrize("model", ["shufflenet_v2_x0_5", "shufflenet_v1_g3_x0_5", "resnext50_32x4d"])
+def test_keras_eager_forward_frees_intermediates(framework, model):
+    """GroupNet's graph walk drops each activation after its last reader (Keras keeps them all, so an eager
+    forward peaked at the sum of all activations). Same output as Keras's own walk of the same graph, bit
+    for bit; at most a handful of activations alive at any step instead of every one computed so far."""
+    import keras
+    keras_impl = import_backend(framework)
+    net = keras_impl.create_model(model, num_classes=10)
+    x = np.asarray(random_input((2, 32, 32, 3), seed=2, dtype="float32"))
+    plain = keras.Model(net.inputs, net.outputs)  # same layers, Keras's own _run_through_graph
+    assert np.array_equal(keras.ops.convert_to_numpy(net(x, training=False)),
+                          keras.ops.convert_to_numpy(plain(x, training=False)))
+    alive: list[int] = []
+    walk = net._run_through_graph  # noqa: SLF001 - the method under test (Keras's own: max(alive) ~ layers)
+
+    def operation_fn(op):
+        def run(*args, **kwargs):
+            alive.append(len(inspect.currentframe().f_back.f_locals["tensor_dict"]))
+            return op(*args, training=False, **kwargs) if isinstance(op, keras.layers.Layer) else op(*args, **kwargs)
+        return run
+
+    walk([x], operation_fn=operation_fn)
+    layers = len(alive)
+    assert layers > 50 and max(alive) <= 6, (layers, max(alive))
