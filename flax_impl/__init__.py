@@ -21,6 +21,7 @@ from .blocks import (Bottleneck, Container, Sequential, ShuffleV1Block, ShuffleV
                      build_node, iter_modules, set_conv_impl)
 from .bridge import forward_numpy
 from .files import read_file, write_file
+from .inference import InferenceFunction, optimize_for_inference
 from .layers import (AvgPool2d, BatchNorm2d, ChannelShuffle, Conv2d, Linear, MaxPool2d, ReLU,
                      channel_shuffle, channel_split, counter_dtype, resolve_dtype)
 from .model import Network, build, create_model
@@ -31,10 +32,10 @@ from .weights import export_weights, load_weights, model_variables, raw_weights
 DATA_FORMAT = "channels_last"
 
 __all__ = [
-    "DATA_FORMAT", "AvgPool2d", "BatchNorm2d", "Bottleneck", "ChannelShuffle", "Container", "Conv2d",
-    "Linear", "MaxPool2d", "Network", "ReLU", "Sequential", "ShuffleV1Block", "ShuffleV2Block", "Stage",
-    "build", "build_node", "channel_shuffle", "channel_split", "counter_dtype", "create_model",
-    "export_weights", "forward_numpy", "freeze_backbone", "iter_modules", "load_weights", "model_variables",
-    "raw_weights", "read_file", "reset_classifier", "resolve_dtype", "set_conv_impl", "train_step_numpy",
-    "trainable_filter", "unfreeze", "write_file",
+    "AvgPool2d", "BatchNorm2d", "Bottleneck", "ChannelShuffle", "Container", "Conv2d", "DATA_FORMAT",
+    "InferenceFunction", "Linear", "MaxPool2d", "Network", "ReLU", "Sequential", "ShuffleV1Block",
+    "ShuffleV2Block", "Stage", "build", "build_node", "channel_shuffle", "channel_split", "counter_dtype",
+    "create_model", "export_weights", "forward_numpy", "freeze_backbone", "iter_modules", "load_weights",
+    "model_variables", "optimize_for_inference", "raw_weights", "read_file", "reset_classifier",
+    "resolve_dtype", "set_conv_impl", "train_step_numpy", "trainable_filter", "unfreeze", "write_file",
 ]

@@ -1,0 +1,59 @@
+"""The fast eval path: the network jit-compiled once with its weights as compile-time constants, the way an
+ONNX Runtime session holds its initializers.
+
+``nnx.jit(model)(x)`` passes every array as an argument on every call (flattening ~300-1000 leaves) and XLA
+cannot fold anything that depends on them. Closing over an eval-mode *snapshot* of the weights removes both
+(measured, same process, interleaved: ShuffleNet V2 x1.0 at batch 1 4.5 → 4.0 ms, V1 g3 6.8 → 5.9 ms,
+ResNeXt-50 59 → 55 ms). The model is not modified; the compiled function keeps the weights it saw.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from common.ir import NetworkSpec
+
+from .bridge import model_dtype
+
+
+class InferenceFunction:
+    """``logits = fast(x_nhwc)``: eval mode, weights frozen at creation, one compile per input shape."""
+
+    def __init__(self, model: nnx.Module) -> None:
+        spec = getattr(model, "spec", None)
+        if not isinstance(spec, NetworkSpec):
+            raise TypeError(f"optimize_for_inference needs a whole network, got {type(model).__name__}")
+        self.spec = spec
+        self.dtype = model_dtype(model)
+        graphdef, state = nnx.split(model)
+        twin = nnx.merge(graphdef, state)  # new module objects over the same (immutable) arrays
+        twin.eval()  # the caller's model keeps its own train/eval flags
+        graphdef, state = nnx.split(twin)
+        self._forward = jax.jit(lambda x: nnx.merge(graphdef, state)(x))
+
+    def __call__(self, x: Any) -> jax.Array:
+        return self._forward(jnp.asarray(x, self.dtype))
+
+    def forward_numpy(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """``{"logits": ...}`` for an NHWC NumPy array, like :func:`flax_impl.forward_numpy`."""
+        return {"logits": np.asarray(self(np.asarray(x)))}
+
+    def __repr__(self) -> str:
+        return f"InferenceFunction({self.spec.name}, dtype={self.dtype})"
+
+
+def optimize_for_inference(model: nnx.Module) -> InferenceFunction:
+    """A jitted eval-mode forward of ``model`` with its current weights baked in as constants.
+
+    Later changes to ``model`` (training, ``load_weights``) do not reach the returned function: make a new
+    one. The compiled executable holds its own copy of the weights (memory: about one more set of weights).
+    """
+    return InferenceFunction(model)
+
+
+__all__ = ["InferenceFunction", "optimize_for_inference"]
