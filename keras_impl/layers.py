@@ -65,10 +65,12 @@ def channel_shuffle(x, groups: int, convention: str = "paper"):
     if keras.backend.is_keras_tensor(x):
         return ChannelShuffle(groups, convention)(x)
     lead = tuple(ops.shape(x)[:-1])  # dynamic N, H, W (tensors under tf.function) are fine here
-    view = (groups, -1) if convention == "paper" else (-1, groups)
+    per_group = -1 if channels is None else channels // groups
+    view = (groups, per_group) if convention == "paper" else (per_group, groups)
     y = ops.reshape(x, (*lead, *view))
     y = ops.swapaxes(y, -1, -2)
-    return ops.reshape(y, (*lead, -1))
+    # the static channel count, not -1: with dynamic N, H, W a -1 would leave the channels unknown too
+    return ops.reshape(y, (*lead, -1 if channels is None else channels))
 
 
 def channel_split(x, sections: int = 2) -> tuple:
