@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("onnxruntime", "torch", "torch_channels_last", "torch_compile", "torch_fused", "torch_script",
         "keras_tensorflow_xla", "keras_tensorflow",
-        "keras_jax", "keras_torch", "flax_jit", "naive_keras_v1")
+        "keras_jax", "keras_jax_inference", "keras_torch", "flax_jit", "flax_inference", "naive_keras_v1")
 DEFAULT_MODELS = ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "resnext50_32x4d")
 
 
@@ -94,8 +94,8 @@ def run_row(row: str, model: str, batch: int, size: int, threads: int, warmup: i
         if row == "torch_channels_last":
             net = net.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
-        if row == "torch_compile":
-            net = torch.compile(net)
+        if row == "torch_compile":  # torch_impl's mode="compile": BN folded, channels-last, Inductor freezing
+            net = torch_impl.optimize_for_inference(net, mode="compile")
         if row in ("torch_fused", "torch_script"):  # torch_impl's recommended inference path
             mode = "eager" if row == "torch_fused" else "script"
             net = torch_impl.optimize_for_inference(net, mode=mode, example_size=(size, size))
@@ -113,8 +113,23 @@ def run_row(row: str, model: str, batch: int, size: int, threads: int, warmup: i
             import keras_impl
             net = keras_impl.create_model(model)
             keras_impl.load_weights(net, weights)
-        net.compile(jit_compile=(row == "keras_tensorflow_xla") if keras.backend.backend() == "tensorflow" else "auto")
-        fn = lambda: net.predict_on_batch(x)  # noqa: E731
+        if row == "keras_jax_inference":  # keras_impl's recommended path: weights as jit constants
+            import jax
+            fast = keras_impl.optimize_for_inference(net)
+            x = jax.numpy.asarray(x)
+            fn = lambda: fast(x).block_until_ready()  # noqa: E731
+        else:
+            net.compile(jit_compile=(row == "keras_tensorflow_xla") if keras.backend.backend() == "tensorflow"
+                        else "auto")
+            fn = lambda: net.predict_on_batch(x)  # noqa: E731
+    elif row == "flax_inference":  # flax_impl's recommended path: weights as jit constants
+        import jax
+        import flax_impl
+        net = flax_impl.create_model(model)
+        flax_impl.load_weights(net, weights)
+        fast = flax_impl.optimize_for_inference(net)
+        x = jax.numpy.asarray(_input(batch, size, True))
+        fn = lambda: fast(x).block_until_ready()  # noqa: E731
     elif row == "flax_jit":
         import jax
         from flax import nnx
@@ -150,7 +165,7 @@ def _row_env(row: str, threads: int) -> dict:
            "PYTHONPATH": str(ROOT)}
     if row.startswith("keras_"):
         env["KERAS_BACKEND"] = {"keras_tensorflow_xla": "tensorflow", "keras_tensorflow": "tensorflow",
-                                "keras_jax": "jax", "keras_torch": "torch"}[row]
+                                "keras_jax": "jax", "keras_jax_inference": "jax", "keras_torch": "torch"}[row]
     if row == "naive_keras_v1":
         env["KERAS_BACKEND"] = "tensorflow"
     return env

@@ -33,7 +33,7 @@ def _input(size=SIZE, batch=2) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("mode", ["eager", "script"])
+@pytest.mark.parametrize("mode", ["eager", "script", "compile"])
 @pytest.mark.parametrize("model", FAMILY_MODELS)
 def test_torch_optimized_matches_oracle(model, mode, dtype):
     torch_impl, net = _torch_model(model, dtype)
@@ -127,3 +127,43 @@ def test_keras_eager_forward_frees_intermediates(framework, model):
     walk([x], operation_fn=operation_fn)
     layers = len(alive)
     assert layers > 50 and max(alive) <= 6, (layers, max(alive))
+
+
+def _nhwc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("framework", ["keras", "flax"])
+@pytest.mark.parametrize("model", FAMILY_MODELS)
+def test_optimized_function_matches_oracle(framework, model, dtype):
+    """keras_impl / flax_impl ``optimize_for_inference`` (weights as compile-time constants on JAX, XLA on
+    TensorFlow) against the float64 oracle, on two input sizes (one compile each)."""
+    backend = import_backend(framework)
+    net = backend.create_model(model, dtype=dtype)
+    backend.load_weights(net, random_weights(get_spec(model), seed=1, dtype="float64"))
+    fast = backend.optimize_for_inference(net)
+    for size in (SIZE, (48, 40)):
+        oracle = network_outputs("numpy", model, "float64", size)["logits"]
+        got = fast.forward_numpy(_nhwc(_input(size)))["logits"]
+        assert got.dtype == np.dtype(dtype)
+        max_abs, max_rel = compare(got, oracle)
+        assert max_rel <= BOUNDS[dtype], f"{framework} {model} {dtype} {size}: max rel {max_rel:.3e} (|Δ| {max_abs:.3e})"
+
+
+@pytest.mark.parametrize("framework", ["keras", "flax"])
+def test_optimized_function_leaves_the_model_alone(framework):
+    """The model keeps its mode and weights; a non-network is refused with a clear error."""
+    backend = import_backend(framework)
+    net = backend.create_model("shufflenet_v2_x0_5", num_classes=10)
+    before = backend.export_weights(net)
+    if framework == "flax":
+        net.train()
+    fast = backend.optimize_for_inference(net)
+    fast.forward_numpy(np.zeros((1, 32, 32, 3), "float32"))
+    after = backend.export_weights(net)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    if framework == "flax":
+        assert not net.stage2["0"].branch2["1"].use_running_average  # still in train mode
+    with pytest.raises(TypeError, match="whole"):
+        backend.optimize_for_inference(backend.build(ir.ReLU()))
