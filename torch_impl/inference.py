@@ -87,6 +87,13 @@ class InferenceModel(nn.Module):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "compile":
+            # Inductor reads ``freezing`` when it compiles, i.e. on the first call per input shape, so the
+            # setting has to be live then; torch.compile(options={"freezing": True}) measured no freezing.
+            # float64 compiles without it: freezing prepacks conv weights with oneDNN, which refuses double.
+            from torch._inductor import config as inductor_config  # noqa: PLC0415
+            with inductor_config.patch(freezing=self._groupnets_dtype != torch.float64):
+                return self.net(self._prepare(x))
         return self.net(self._prepare(x))
 
     def forward_taps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -132,7 +139,7 @@ def optimize_for_inference(model: nn.Module, mode: Mode = "auto", channels_last:
         # Inductor with freezing: weights become constants, conv weights are prepacked, elementwise ops are
         # fused into generated C++ kernels. Fastest measured at batch 1 (V2 x1.0 6.4 -> 4.9 ms; ResNeXt-50
         # 45 ms vs ORT's 43); the cost is the first call per input shape (5-15 s; a C++ compiler is needed).
-        net = torch.compile(net, options={"freezing": True})
+        net = torch.compile(net)  # with freezing on at compile time (InferenceModel.forward)
     if mode == "script":
         example = torch.zeros(2, spec.in_channels, *example_size, dtype=dtype, device=_device(source))
         if channels_last:
