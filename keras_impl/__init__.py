@@ -1,6 +1,8 @@
 """groupnets' Keras 3 backend: channels-last (NHWC) models from the framework-free spec in ``common``.
 
-Imports only ``keras`` (+ NumPy, ``common``) and runs on the TensorFlow, JAX and torch Keras backends.
+Imports only ``keras`` (+ NumPy, ``common``) and runs on the TensorFlow, JAX and torch Keras backends;
+the one exception is :mod:`keras_impl.inference`, which compiles with the *active* backend's own library
+from inside a function (``jax.jit``, ``tf.function``, ``torch.inference_mode``).
 """
 
 from .bridge import forward_numpy, taps_model
