@@ -33,7 +33,7 @@ def _input(size=SIZE, batch=2) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("mode", ["eager", "script", "compile"])
+@pytest.mark.parametrize("mode", ["eager", "script"])
 @pytest.mark.parametrize("model", FAMILY_MODELS)
 def test_torch_optimized_matches_oracle(model, mode, dtype):
     torch_impl, net = _torch_model(model, dtype)
@@ -44,6 +44,39 @@ def test_torch_optimized_matches_oracle(model, mode, dtype):
     for tap, value in got.items():
         max_abs, max_rel = compare(value, oracle[tap])
         assert max_rel <= BOUNDS[dtype], f"{model} {mode} {dtype} {tap}: max rel {max_rel:.3e} (|Δ| {max_abs:.3e})"
+
+
+_COMPILED_LOGITS = """
+import sys, numpy as np
+sys.path[:0] = [{root!r}, {tests!r}]
+from common import get_spec, random_input, random_weights
+import torch_impl
+net = torch_impl.create_model({model!r}, dtype={dtype!r})
+torch_impl.load_weights(net, random_weights(get_spec({model!r}), seed=1, dtype="float64"))
+fast = torch_impl.optimize_for_inference(net, mode="compile")
+x = random_input((2, 3, {h}, {w}), seed=2, dtype="float64")
+np.save({out!r}, torch_impl.forward_numpy(fast, x)["logits"])
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("model", FAMILY_MODELS)
+def test_torch_compiled_matches_oracle(model, dtype, tmp_path):
+    """``mode="compile"`` (Inductor) against the oracle, in a child process: Inductor's compiled C++ kernels
+    loaded into the test worker made a later XLA compile in the same process abort (CI, 2026-11-26)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    tests = Path(__file__).resolve().parent
+    out = tmp_path / "logits.npy"
+    code = _COMPILED_LOGITS.format(root=str(tests.parent), tests=str(tests), model=model, dtype=dtype,
+                                   h=SIZE[0], w=SIZE[1], out=str(out))
+    subprocess.run([sys.executable, "-c", code], check=True)
+    oracle = network_outputs("numpy", model, "float64", SIZE)["logits"]
+    got = np.load(out)
+    assert got.dtype == np.dtype(dtype)
+    max_abs, max_rel = compare(got, oracle)
+    assert max_rel <= BOUNDS[dtype], f"{model} compile {dtype}: max rel {max_rel:.3e} (|Δ| {max_abs:.3e})"
 
 
 def test_optimize_for_inference_leaves_the_model_alone():
