@@ -211,11 +211,10 @@ def conv_split(x: jax.Array, kernel: jax.Array, stride: int, pad: int, groups: i
     1x1 groups are matmuls (:func:`conv_matmul`)."""
     per_in, per_out = x.shape[-1] // groups, kernel.shape[-1] // groups
     if kernel.shape[:2] == (1, 1) and pad == 0:
-        return jnp.concatenate([conv_matmul(x[..., i * per_in:(i + 1) * per_in],
-                                            kernel[..., i * per_out:(i + 1) * per_out], stride)
-                                for i in range(groups)], axis=-1)
-    return jnp.concatenate([conv_lax(x[..., i * per_in:(i + 1) * per_in],
-                                     kernel[..., i * per_out:(i + 1) * per_out], stride, pad, 1)
+        dense = lambda xi, ki: conv_matmul(xi, ki, stride)  # noqa: E731
+    else:
+        dense = lambda xi, ki: conv_lax(xi, ki, stride, pad, 1)  # noqa: E731
+    return jnp.concatenate([dense(x[..., i * per_in:(i + 1) * per_in], kernel[..., i * per_out:(i + 1) * per_out])
                             for i in range(groups)], axis=-1)
 
 

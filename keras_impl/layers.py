@@ -360,6 +360,14 @@ def _nchw_view_conv(x, kernel, strides):
     return ops.transpose(y, (0, 2, 3, 1))
 
 
+def _per_group(x, kernel, groups: int, dense):
+    """A grouped conv as ``dense(x_slice, kernel_slice)`` per group, concatenated on channels: per-group
+    matmuls for 1x1 (``kernel`` ``(in/g, out)``), per-group dense convs for k x k (HWIO)."""
+    xs = ops.split(x, groups, axis=-1)
+    ks = ops.split(kernel, groups, axis=-1)
+    return ops.concatenate([dense(a, b) for a, b in zip(xs, ks)], axis=-1)
+
+
 @_REGISTER
 class Conv2D(keras.layers.Conv2D):
     """``keras.layers.Conv2D`` (same variables, config and class name) with a faster eval forward.
@@ -389,30 +397,14 @@ class Conv2D(keras.layers.Conv2D):
                 if backend == "jax":
                     return ops.einsum("...i,io->...o", x, kernel[0, 0])  # einsum keeps float64 everywhere
                 return super().convolution_op(inputs, kernel)
-            return self._grouped_pointwise(x, kernel[0, 0], g)
+            return _per_group(x, kernel[0, 0], g, lambda a, b: ops.einsum("...i,io->...o", a, b))
         if g > 1:
-            return self._per_group(inputs, kernel, strides, g)
+            return _per_group(inputs, kernel, g, lambda a, b: ops.conv(a, b, strides=strides, padding="valid"))
         if backend == "jax" and cin_g <= 4:  # stem: im2col (taps stacked on channels) + one matmul
             taps = [_window(inputs, i, j, kh, kw, strides) for i in range(kh) for j in range(kw)]
             return ops.einsum("...i,io->...o", ops.concatenate(taps, axis=-1),
                               ops.reshape(kernel, (kh * kw * cin_g, cout)))
         return super().convolution_op(inputs, kernel)
-
-    @staticmethod
-    def _grouped_pointwise(x, kernel, groups: int):
-        """Grouped 1x1 conv as one matmul per group on channel slices, concatenated; ``kernel`` is
-        ``(in/g, out)``."""
-        xs = ops.split(x, groups, axis=-1)
-        ks = ops.split(kernel, groups, axis=-1)
-        return ops.concatenate([ops.einsum("...i,io->...o", a, b) for a, b in zip(xs, ks)], axis=-1)
-
-    @staticmethod
-    def _per_group(x, kernel, strides, groups: int):
-        """Grouped k x k conv as ``groups`` dense convs on channel slices, concatenated."""
-        xs = ops.split(x, groups, axis=-1)
-        ks = ops.split(kernel, groups, axis=-1)
-        return ops.concatenate([ops.conv(a, b, strides=strides, padding="valid") for a, b in zip(xs, ks)],
-                               axis=-1)
 
 
 @_REGISTER
