@@ -71,7 +71,7 @@ def test_torch_compiled_matches_oracle(model, dtype, tmp_path):
     out = tmp_path / "logits.npy"
     code = _COMPILED_LOGITS.format(root=str(tests.parent), tests=str(tests), model=model, dtype=dtype,
                                    h=SIZE[0], w=SIZE[1], out=str(out))
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
     oracle = network_outputs("numpy", model, "float64", SIZE)["logits"]
     got = np.load(out)
     assert got.dtype == np.dtype(dtype)
