@@ -62,8 +62,9 @@ np.save({out!r}, torch_impl.forward_numpy(fast, x)["logits"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("model", FAMILY_MODELS)
 def test_torch_compiled_matches_oracle(model, dtype, tmp_path):
-    """``mode="compile"`` (Inductor) against the oracle, in a child process: Inductor's compiled C++ kernels
-    loaded into the test worker made a later XLA compile in the same process abort (CI, 2026-11-26)."""
+    """``mode="compile"`` (Inductor) against the oracle, in a child process, so a test worker never holds
+    Inductor's compiled C++ kernels next to XLA's. (A worker's XLA abort was first blamed on that; it
+    recurred without Inductor in the process, and the cause was memory growth — see conftest.)"""
     import subprocess
     import sys
     from pathlib import Path
