@@ -51,7 +51,8 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.keras)
 
 
-def _model_of(item) -> object:
+def _model_of(item) -> tuple[str, object]:
+    """(test file, ``model`` parameter): the unit after which cached executables are no longer reused."""
     callspec = getattr(item, "callspec", None)
     return (item.module.__name__, callspec.params.get("model") if callspec else None)
 
