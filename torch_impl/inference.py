@@ -92,8 +92,9 @@ class InferenceModel(nn.Module):
             # setting has to be live then; torch.compile(options={"freezing": True}) measured no freezing.
             # float64 compiles without it: freezing prepacks conv weights with oneDNN, which refuses double.
             # ``cpp_wrapper``: the code that calls the kernels is C++ rather than Python, which cut the fixed
-            # cost per call (ShuffleNet V2 x1.0 at 32x32, batch 1: 3.16 -> 2.25 ms; at 224x224 5.13 -> 4.57
-            # ms, V1 g3 5.26 -> 4.63 ms; outputs bit-identical) for about 4 s more compile time.
+            # cost per call (batch 1, both compiled in one process, timed interleaved: ShuffleNet V2 x1.0
+            # 224x224 5.15 -> 4.55 ms, V1 g3 5.15 -> 4.47 ms; V2 at 32x32 3.16 -> 2.25 ms; outputs
+            # bit-identical) for about 4 s more compile time.
             from torch._inductor import config as inductor_config  # noqa: PLC0415
             with inductor_config.patch(freezing=self._groupnets_dtype != torch.float64, cpp_wrapper=True):
                 return self.net(self._prepare(x))
