@@ -246,6 +246,7 @@ class Conv2d(nnx.Conv):
         )
         self.spec = op
         self.impl = check_conv_impl(impl)
+        self.fold_bn = "taps"  # "all" only where the weights are compile-time constants (optimize_for_inference)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.impl == "lax":
@@ -340,13 +341,16 @@ def conv_bn(conv: Conv2d, bn: BatchNorm2d, x: jax.Array) -> jax.Array:
     """``bn(conv(x))``; in eval mode on a ``FOLD_PATHS`` conv the BatchNorm is folded into it at trace time
     (``kernel·scale``, ``bias·scale + shift``, as ONNX Runtime does at load time).
 
-    Only the taps path folds: its kernel is tiny and scale/shift then vanish into the fused multiply-add
-    loop. Under ``jit`` the params are inputs, so folding a matmul / conv kernel rescales all of it on every
-    call, while XLA still needs its separate bias/ReLU pass: ResNeXt-50 at batch 1 went 114 → 176 ms.
-    Stored parameters are untouched; train mode (batch statistics) and ``impl="lax"`` never fold.
+    By default (``conv.fold_bn == "taps"``) only the taps path folds: its kernel is tiny and scale/shift
+    then vanish into the fused multiply-add loop. Under ``jit`` the params are inputs, so folding a matmul /
+    conv kernel rescales all of it on every call, while XLA still needs its separate bias/ReLU pass:
+    ResNeXt-50 at batch 1 went 114 → 176 ms. When the weights are compile-time constants
+    (:func:`flax_impl.optimize_for_inference` sets ``fold_bn="all"``), XLA folds the product once at compile
+    time and every path folds. Stored parameters are untouched; train mode (batch statistics) and
+    ``impl="lax"`` never fold.
     """
     if (conv.impl == "lax" or not bn.uses_running_stats() or bn.num_features != conv.spec.out_channels
-            or conv_path(conv.spec, conv.impl) not in FOLD_PATHS):
+            or (conv.fold_bn != "all" and conv_path(conv.spec, conv.impl) not in FOLD_PATHS)):
         return bn(conv(x))
     scale, shift = bn.folded_affine()
     kernel = conv.kernel[...] * scale  # HWIO: the output channel is the last axis

@@ -199,5 +199,7 @@ def test_optimized_function_leaves_the_model_alone(framework):
     assert all(np.array_equal(before[k], after[k]) for k in before)
     if framework == "flax":
         assert not net.stage2["0"].branch2["1"].use_running_average  # still in train mode
+        # the function folds BatchNorm on every path of its own copy; the model keeps the jit-safe default
+        assert {m.fold_bn for m in backend.iter_modules(net) if isinstance(m, backend.Conv2d)} == {"taps"}
     with pytest.raises(TypeError, match="whole"):
         backend.optimize_for_inference(backend.build(ir.ReLU()))
