@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -42,10 +43,33 @@ def peak_mb() -> float:
     return float("nan")
 
 
-def _time(fn, warmup: int, repeats: int) -> tuple[float, float]:
+def reset_peak() -> bool:
+    """Start a new peak-RSS window at the current RSS, after handing freed heap back to the OS.
+
+    A compiler's transient memory (XLA's LLVM codegen, Inductor) is freed after the first call but stays
+    in glibc's heap, so VmHWM alone cannot tell compile memory from what inference itself needs.
+    ``malloc_trim(0)`` returns the freed pages; writing 5 to ``/proc/self/clear_refs`` resets VmHWM
+    (Linux). False, and nothing reset, where either is unavailable.
+    """
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def _time(fn, warmup: int, repeats: int) -> tuple[float, float, float, float]:
+    """``(median s, first call s, peak MB, steady peak MB)``. The peak covers the whole process up to the
+    end of the first call (imports, weights, build, compile); the steady peak covers warm-up and repeats
+    only (NaN where the window cannot be reset), i.e. what serving the model needs once it is compiled."""
     start = time.perf_counter()
     fn()  # first call: tracing / compilation / allocation
     first = time.perf_counter() - start
+    peak = peak_mb()
+    steady_window = reset_peak()
     for _ in range(max(0, warmup - 1)):
         fn()
     samples = []
@@ -53,7 +77,8 @@ def _time(fn, warmup: int, repeats: int) -> tuple[float, float]:
         start = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - start)
-    return statistics.median(samples), first
+    steady = peak_mb() if steady_window else float("nan")
+    return statistics.median(samples), first, max(peak, steady), steady
 
 
 def _weights(model: str):
@@ -143,10 +168,9 @@ def run_row(row: str, model: str, batch: int, size: int, threads: int, warmup: i
         fn = lambda: forward(state, x).block_until_ready()  # noqa: E731
     else:
         raise ValueError(f"unknown row {row}")
-    median, first = _time(fn, warmup, repeats)
-    peak = peak_mb()
+    median, first, peak, steady = _time(fn, warmup, repeats)
     return {"row": row, "model": model, "batch": batch, "ms": median * 1e3, "first_ms": first * 1e3,
-            "peak_mb": peak}
+            "peak_mb": peak, "steady_mb": steady}
 
 
 def export_onnx(model: str, path: str, size: int) -> None:
@@ -232,6 +256,7 @@ def main(argv=None) -> int:
                 ok = reference is not None and "ms" in result
                 result["ratio"] = result["ms"] / reference["ms"] if ok else None
                 result["mem_ratio"] = result["peak_mb"] / reference["peak_mb"] if ok else None
+                result["steady_ratio"] = result["steady_mb"] / reference["steady_mb"] if ok else None
                 results.append(result)
                 _print_row(result, batch)
     if args.json:
@@ -255,15 +280,17 @@ def _run_worker(row: str, model: str, batch: int, args: argparse.Namespace) -> d
 def _print_row(r: dict, batch: int) -> None:
     if not getattr(_print_row, "header", False):
         print(f"{'model':<24}{'batch':>6} {'row':<22}{'ms/batch':>10}{'img/s':>9}{'x ORT':>7}{'first ms':>10}"
-              f"{'peak MB':>9}{'mem x ORT':>10}")
+              f"{'peak MB':>9}{'mem x ORT':>10}{'steady MB':>10}{'x ORT':>7}")
         _print_row.header = True
     if "error" in r:
         print(f"{r['model']:<24}{batch:>6} {r['row']:<22}  error: {r['error']}", flush=True)
         return
     ratio = f"{r['ratio']:.2f}" if r.get("ratio") else "-"
     mem_ratio = f"{r['mem_ratio']:.2f}" if r.get("mem_ratio") else "-"
+    steady_ratio = f"{r['steady_ratio']:.2f}" if math.isfinite(r.get("steady_ratio") or math.nan) else "-"
     print(f"{r['model']:<24}{batch:>6} {r['row']:<22}{r['ms']:>10.1f}{batch / r['ms'] * 1e3:>9.1f}{ratio:>7}"
-          f"{r['first_ms']:>10.0f}{r['peak_mb']:>9.0f}{mem_ratio:>10}", flush=True)
+          f"{r['first_ms']:>10.0f}{r['peak_mb']:>9.0f}{mem_ratio:>10}{r['steady_mb']:>10.0f}{steady_ratio:>7}",
+          flush=True)
 
 
 if __name__ == "__main__":
