@@ -20,14 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for ``benchmarks.*`` and ``common``
+
+from benchmarks.timing import median_seconds  # noqa: E402
 BACKENDS = ("onnxruntime", "torch", "xla", "xla_lax")
 
 Shape = tuple[int, int, int, int, int, int]  # (in channels, out channels, groups, stride, H, W)
@@ -60,17 +61,6 @@ def grouped_pointwise_shapes(model: str, size: int) -> Counter:
     return found
 
 
-def _median_ms(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e3
-
-
 def time_backend(backend: str, shape: Shape, batch: int, threads: int, warmup: int, repeats: int) -> float:
     """Median ms of one grouped 1x1 conv of ``shape`` at ``batch`` on ``backend`` (random data)."""
     import numpy as np
@@ -94,7 +84,7 @@ def time_backend(backend: str, shape: Shape, batch: int, threads: int, warmup: i
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return _median_ms(lambda: session.run(None, {"x": x}), warmup, repeats)
+        return median_seconds(lambda: session.run(None, {"x": x}), warmup, repeats) * 1e3
     if backend == "torch":
         import torch
 
@@ -107,7 +97,7 @@ def time_backend(backend: str, shape: Shape, batch: int, threads: int, warmup: i
         def run():
             with torch.inference_mode():
                 return conv(xt)
-        return _median_ms(run, warmup, repeats)
+        return median_seconds(run, warmup, repeats) * 1e3
     if backend in ("xla", "xla_lax"):
         import jax
         from common import ir
@@ -118,7 +108,7 @@ def time_backend(backend: str, shape: Shape, batch: int, threads: int, warmup: i
         hwio = jax.numpy.asarray(kernel.transpose(2, 3, 1, 0))
         fn = jax.jit(lambda v: conv2d(v, hwio, op, path))  # the kernel is a constant, as in optimize_for_inference
         xj = jax.numpy.asarray(x.transpose(0, 2, 3, 1))
-        return _median_ms(lambda: fn(xj).block_until_ready(), warmup, repeats)
+        return median_seconds(lambda: fn(xj).block_until_ready(), warmup, repeats) * 1e3
     raise ValueError(f"unknown backend {backend!r}")
 
 

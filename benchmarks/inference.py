@@ -19,7 +19,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for ``benchmarks.*`` and ``common``
+
+from benchmarks.timing import median_seconds, peak_mb, reset_peak  # noqa: E402
 ROWS = ("onnxruntime", "torch", "torch_channels_last", "torch_compile", "torch_fused", "torch_script",
         "keras_tensorflow_xla", "keras_tensorflow",
         "keras_jax", "keras_jax_inference", "keras_torch", "flax_jit", "flax_inference", "naive_keras_v1")
@@ -34,33 +36,6 @@ DEFAULT_MODELS = ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "resnext50_32x4
 
 
 # ------------------------------------------------------------------------------------------- workers
-def peak_mb() -> float:
-    """This process's own peak RSS (VmHWM). ``ru_maxrss`` survives exec and would report the parent's."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak() -> bool:
-    """Start a new peak-RSS window at the current RSS, after handing freed heap back to the OS.
-
-    A compiler's transient memory (XLA's LLVM codegen, Inductor) is freed after the first call but stays
-    in glibc's heap, so VmHWM alone cannot tell compile memory from what inference itself needs.
-    ``malloc_trim(0)`` returns the freed pages; writing 5 to ``/proc/self/clear_refs`` resets VmHWM
-    (Linux). False, and nothing reset, where either is unavailable.
-    """
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-    except (OSError, AttributeError):
-        return False
-    return True
-
-
 def _time(fn, warmup: int, repeats: int) -> tuple[float, float, float, float]:
     """``(median s, first call s, peak MB, steady peak MB)``. The peak covers the whole process up to the
     end of the first call (imports, weights, build, compile); the steady peak covers warm-up and repeats
@@ -70,15 +45,9 @@ def _time(fn, warmup: int, repeats: int) -> tuple[float, float, float, float]:
     first = time.perf_counter() - start
     peak = peak_mb()
     steady_window = reset_peak()
-    for _ in range(max(0, warmup - 1)):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
+    median = median_seconds(fn, warmup - 1, repeats)
     steady = peak_mb() if steady_window else float("nan")
-    return statistics.median(samples), first, max(peak, steady), steady
+    return median, first, max(peak, steady), steady
 
 
 def _weights(model: str):
