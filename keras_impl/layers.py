@@ -417,18 +417,24 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         if not (self.padding == "valid" and self.data_format == "channels_last"
                 and tuple(self.dilation_rate) == (1, 1)):
             return super().call(inputs)
-        backend = _backend()
-        kernel = self.kernel
-        if backend == "torch":
-            kh, kw, c, m = kernel.shape
-            y = _nchw_view_conv(inputs, ops.reshape(kernel, (kh, kw, 1, c * m)), tuple(self.strides))
-        elif _uses_xla(inputs):
-            y = self._shifted(inputs, kernel, tuple(self.strides))
-        else:
+        y = self.depthwise_op(inputs, self.kernel)
+        if y is None:
             return super().call(inputs)
         if self.use_bias:
             y = y + self.bias
         return self.activation(y) if self.activation is not None else y
+
+    def depthwise_op(self, inputs, kernel):
+        """The fast depthwise conv of ``inputs`` with ``kernel`` (no bias), or None where Keras's own
+        kernel is the fast one (TF graph mode). Takes the kernel like ``Conv2D.convolution_op`` does, so
+        a BatchNorm-folded kernel can be used (``keras_impl.inference``)."""
+        backend = _backend()
+        if backend == "torch":
+            kh, kw, c, m = kernel.shape
+            return _nchw_view_conv(inputs, ops.reshape(kernel, (kh, kw, 1, c * m)), tuple(self.strides))
+        if _uses_xla(inputs):
+            return self._shifted(inputs, kernel, tuple(self.strides))
+        return None
 
     @staticmethod
     def _shifted(x, kernel, strides):

@@ -185,6 +185,18 @@ def test_optimized_function_matches_oracle(framework, model, dtype):
         assert max_rel <= BOUNDS[dtype], f"{framework} {model} {dtype} {size}: max rel {max_rel:.3e} (|Δ| {max_abs:.3e})"
 
 
+@pytest.mark.parametrize("framework", ["keras"])
+@pytest.mark.parametrize("model", FAMILY_MODELS)
+def test_keras_inference_folds_every_batch_norm(framework, model):
+    """Every BatchNorm of these networks follows a conv; the Keras inference function must find each pair
+    in the layer graph (on every backend's layer naming), or it would silently run unfolded."""
+    keras_impl = import_backend(framework)
+    net = keras_impl.create_model(model, num_classes=10)
+    folded, skipped = keras_impl.inference.folded_batch_norms(net)
+    batch_norms = sum(isinstance(op, ir.BatchNorm2d) for _, op in ir.iter_leaves(get_spec(model)))
+    assert len(folded) == len(skipped) == batch_norms > 0
+
+
 @pytest.mark.parametrize("framework", ["keras", "flax"])
 def test_optimized_function_leaves_the_model_alone(framework):
     """The model keeps its mode and weights; a non-network is refused with a clear error."""
