@@ -95,9 +95,11 @@ def folded_batch_norms(model: keras.Model) -> tuple[dict[int, tuple[Any, Any]], 
     that reads only a conv's output (the spec's conv → BN pairs, checked against the layer graph)."""
     folded: dict[int, tuple[Any, Any]] = {}
     skipped: set[int] = set()
+    readers = model._consumer_counts()  # noqa: SLF001 - GroupNet's own: {id(symbolic tensor): readers}
     for conv_path, bn_path in conv_bn_pairs(model.spec):
         conv, bn = get_layer(model, conv_path), get_layer(model, bn_path)
-        if not isinstance(conv, (Conv2D, DepthwiseConv2D)) or bn.input is not conv.output:
+        if (not isinstance(conv, (Conv2D, DepthwiseConv2D)) or bn.input is not conv.output
+                or readers.get(id(conv.output)) != 1):
             continue
         numpy = keras.ops.convert_to_numpy
         kernel = numpy(conv.kernel)
