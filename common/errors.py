@@ -60,6 +60,13 @@ class WeightsFileError(GroupnetsError):
     """A weights file that cannot be read or written (missing, corrupt, wrong kind, unsafe)."""
 
 
+def first_line(error: BaseException, limit: int = 240) -> str:
+    """``error``'s message on one line, at most ``limit`` characters: a library's multi-line traceback text
+    quoted inside a groupnets error stays readable."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _short_list(items: Sequence[str], limit: int = 12) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")

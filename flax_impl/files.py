@@ -25,7 +25,7 @@ import msgpack
 import numpy as np
 from flax import serialization
 
-from common.errors import GroupnetsError, WeightsFileError
+from common.errors import GroupnetsError, WeightsFileError, first_line
 from common.ir import NetworkSpec
 from common.params import canonical_params
 from common.porting import check_weights, framework_key, framework_shapes, to_canonical, to_framework
@@ -38,11 +38,6 @@ FLAX_FORMATS = ("flax",)
 def _check_format(fmt: str) -> None:
     if fmt not in FLAX_FORMATS:
         raise WeightsFileError(f"flax_impl reads and writes only the 'flax' format (.msgpack), not {fmt!r}")
-
-
-def _first_line(error: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ------------------------------------------------------------------------------------- nesting
@@ -109,7 +104,7 @@ def write_file(path: str | os.PathLike, weights: Mapping[str, np.ndarray], spec:
         with open(path, "wb") as handle:
             write_msgpack(handle, payload)
     except OSError as error:
-        raise WeightsFileError(f"{path}: cannot write Flax msgpack file: {_first_line(error)}") from None
+        raise WeightsFileError(f"{path}: cannot write Flax msgpack file: {first_line(error)}") from None
 
 
 def write_msgpack(handle: BinaryIO, tree: Mapping[str, Any]) -> None:
@@ -170,12 +165,12 @@ def _restore(source: Path) -> dict[str, Any]:
         with open(source, "rb") as handle:
             restored = read_msgpack(handle, size)
     except OSError as error:
-        raise WeightsFileError(f"{source}: cannot read: {_first_line(error)}") from None
+        raise WeightsFileError(f"{source}: cannot read: {first_line(error)}") from None
     except WeightsFileError:
         raise
     except Exception as error:  # msgpack raises OutOfData / ExtraData / ValueError ... for bad or short input
         raise WeightsFileError(f"{source}: not a readable Flax msgpack file (corrupt, truncated or another "
-                               f"format): {type(error).__name__}: {_first_line(error)}") from None
+                               f"format): {type(error).__name__}: {first_line(error)}") from None
     if not isinstance(restored, dict) or restored.get("format") != FORMAT_VERSION:
         found = restored.get("format") if isinstance(restored, dict) else None
         what = f"format marker {found!r}" if found is not None else "no groupnets format marker"
@@ -205,7 +200,7 @@ def _spec_from_metadata(source: Path, metadata: Mapping[str, str], spec: Network
     except WeightsFileError:
         raise
     except GroupnetsError as error:
-        raise WeightsFileError(f"{source}: its architecture cannot be resolved: {_first_line(error, 300)}") from None
+        raise WeightsFileError(f"{source}: its architecture cannot be resolved: {first_line(error, 300)}") from None
 
 
 def read_file(path: str | os.PathLike, fmt: str, spec: NetworkSpec | None

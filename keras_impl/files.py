@@ -41,7 +41,7 @@ import h5py
 import keras
 import numpy as np
 
-from common.errors import GroupnetsError, WeightsFileError
+from common.errors import GroupnetsError, WeightsFileError, first_line
 from common.ir import NetworkSpec
 from common.params import ParamInfo, canonical_params
 from common.porting import PORTING_TABLE, check_weights, layer_kind
@@ -62,11 +62,6 @@ def _check_format(fmt: str) -> None:
     if fmt not in KERAS_FORMATS:
         raise WeightsFileError(f"keras_impl reads and writes only the 'keras-weights' (.weights.h5) and "
                                f"'keras' (.keras) formats, not {fmt!r}")
-
-
-def _first_line(error: BaseException, limit: int = 240) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _float_dtype(weights: Mapping[str, np.ndarray]) -> np.dtype:
@@ -156,7 +151,7 @@ def write_file(path: str | os.PathLike, weights: Mapping[str, np.ndarray], spec:
     except (OSError, ValueError, TypeError, RuntimeError) as error:
         if isinstance(error, GroupnetsError):
             raise
-        raise WeightsFileError(f"{target}: cannot write Keras file: {_first_line(error)}") from None
+        raise WeightsFileError(f"{target}: cannot write Keras file: {first_line(error)}") from None
 
 
 # ------------------------------------------------------------------------------------------- read
@@ -165,7 +160,7 @@ def _head(source: Path, size: int = 8) -> bytes:
         with open(source, "rb") as handle:
             return handle.read(size)
     except OSError as error:
-        raise WeightsFileError(f"{source}: cannot read: {_first_line(error)}") from None
+        raise WeightsFileError(f"{source}: cannot read: {first_line(error)}") from None
 
 
 def _kind_hint(source: Path) -> str:
@@ -261,7 +256,7 @@ def _read_h5(handle: h5py.File, source: Path, spec: object, what: str, infer_cla
             out[key] = np.require(_layout_of(param).to_canonical(array, param.op), requirements="C")
     except (OSError, ValueError, TypeError, KeyError) as error:  # h5py: damaged data / truncated file
         raise WeightsFileError(f"{source}: cannot read the {what} (corrupt or truncated?): "
-                               f"{_first_line(error)}") from None
+                               f"{first_line(error)}") from None
     return {key: out[key] for key in params}
 
 
@@ -271,7 +266,7 @@ def _open_h5(source: Path | io.RawIOBase, name: Path, what: str) -> Iterator[h5p
         handle = h5py.File(source, "r")
     except Exception as error:  # h5py OSError (truncated / corrupt) and friends
         raise WeightsFileError(f"{name}: not a readable {what} (corrupt or truncated?): "
-                               f"{_first_line(error)}") from None
+                               f"{first_line(error)}") from None
     with handle:
         yield handle
 
@@ -352,7 +347,7 @@ def _spec_from_keras_config(data: object, source: Path) -> tuple[object, str]:
     try:
         spec = spec_from_model_config(config)  # the very rule GroupNet.from_config rebuilds by
     except (GroupnetsError, TypeError, ValueError, KeyError) as error:
-        raise WeightsFileError(f"{source}: cannot rebuild the saved groupnets model: {_first_line(error)}") from None
+        raise WeightsFileError(f"{source}: cannot rebuild the saved groupnets model: {first_line(error)}") from None
     return spec, config.get("dtype", "float32")
 
 
@@ -371,7 +366,7 @@ def _read_keras(source: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
                 data = json.loads(archive.read(CONFIG_FILE))
             except ValueError as error:
                 raise WeightsFileError(f"{source}: not a .keras model: config.json is not JSON: "
-                                       f"{_first_line(error)}") from None
+                                       f"{first_line(error)}") from None
             spec, _ = _spec_from_keras_config(data, source)
             with _member(archive, raw, members[WEIGHTS_FILE], source) as inner:
                 head = inner.read(8)
@@ -381,7 +376,7 @@ def _read_keras(source: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
                 with _open_h5(inner, source, f"{WEIGHTS_FILE} in the .keras archive") as handle:
                     weights = _read_h5(handle, source, spec, WEIGHTS_FILE, infer_classes=False)
     except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise WeightsFileError(f"{source}: damaged .keras archive: {_first_line(error)}") from None
+        raise WeightsFileError(f"{source}: damaged .keras archive: {first_line(error)}") from None
     metadata: dict[str, str] = {}
     if isinstance(spec, NetworkSpec):
         metadata = {"model": spec.name, "num_classes": str(spec.num_classes)}

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.errors import WeightsFileError
+from common.errors import WeightsFileError, first_line
 from common.ir import NetworkSpec
 from common.params import canonical_params
 from common.porting import check_weights
@@ -43,11 +43,6 @@ METADATA_KEY = "groupnets_metadata"
 def _check_format(fmt: str) -> None:
     if fmt not in TORCH_FORMATS:
         raise WeightsFileError(f"torch_impl reads and writes only the 'torch' format (.pth / .pt), not {fmt!r}")
-
-
-def _first_line(error: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _looks_like_safetensors(source: Path) -> bool:
@@ -80,11 +75,11 @@ def _load(source: Path) -> object:
         reason = message.split("WeightsUnpickler error:")[-1].split("Check the documentation")[0]
         raise WeightsFileError(
             f"{source}: not a readable PyTorch weights file: its pickle data is corrupt or holds objects "
-            f"that weights_only loading refuses; nothing was executed ({_first_line(Exception(reason))})") from None
+            f"that weights_only loading refuses; nothing was executed ({first_line(Exception(reason))})") from None
     except Exception as error:  # corrupt zip, truncated legacy file, not a torch file at all, ...
         raise WeightsFileError(
             f"{source}: not a readable PyTorch weights file (corrupt, truncated or another format): "
-            f"{type(error).__name__}: {_first_line(error)}") from None
+            f"{type(error).__name__}: {first_line(error)}") from None
 
 
 def _strings(source: Path, value: object) -> dict[str, str]:
@@ -146,7 +141,7 @@ def _to_numpy(source: Path, key: str, tensor: torch.Tensor) -> np.ndarray:
         return np.array(tensor.numpy(), copy=True, order="C")  # an independent contiguous copy
     except (TypeError, RuntimeError) as error:
         raise WeightsFileError(f"{source}: tensor {key!r} ({tensor.dtype}) cannot be converted to NumPy: "
-                               f"{_first_line(error)}") from None
+                               f"{first_line(error)}") from None
 
 
 def read_file(path: str | os.PathLike, fmt: str, spec: NetworkSpec | None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -197,4 +192,4 @@ def write_file(path: str | os.PathLike, weights: Mapping[str, np.ndarray], spec:
     try:
         torch.save(state, Path(path))
     except (OSError, RuntimeError) as error:
-        raise WeightsFileError(f"{path}: cannot write PyTorch file: {_first_line(error)}") from None
+        raise WeightsFileError(f"{path}: cannot write PyTorch file: {first_line(error)}") from None
