@@ -17,6 +17,7 @@ from flax import nnx
 
 from common import ir
 from common.shuffle import check_shuffle, shuffle_view
+from common.xla_cpu import use_taps
 
 #: Full-precision matmuls / convs: on GPU/TPU the default float32 precision may use TF32/bfloat16 passes,
 #: which would break the 1e-5 cross-framework tolerance. On CPU this is what XLA does anyway.
@@ -110,9 +111,6 @@ def channel_split(x: jax.Array, sections: int = 2) -> tuple[jax.Array, ...]:
 ConvImpl = Literal["auto", "lax"]
 CONV_IMPLS: tuple[str, ...] = ("auto", "lax")
 
-#: Taps path up to this many multiply-adds per output (k·k·in/groups): one fused elementwise loop beats
-#: XLA's conv for depthwise (9), the 3-channel 3x3 stem (27) and ResNeXt's 4- and 8-channel groups (36, 72).
-MAX_TAP_TERMS = 72
 #: Paths whose eval-mode BatchNorm is folded into the kernel (see :func:`conv_bn`).
 FOLD_PATHS: frozenset[str] = frozenset({"taps"})
 
@@ -139,7 +137,7 @@ def conv_path(op: ir.Conv2d, impl: str = "auto") -> str:
     per_group_in = op.in_channels // op.groups
     if op.kernel_size == 1 and op.padding == 0:
         return "matmul" if op.groups == 1 else "split"
-    if op.kernel_size ** 2 * per_group_in <= MAX_TAP_TERMS:
+    if use_taps(op.kernel_size, op.kernel_size, per_group_in):
         return "taps"
     return "split" if op.groups > 1 else "lax"
 
