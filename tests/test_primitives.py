@@ -185,15 +185,18 @@ def test_flax_fast_conv_paths_match_lax(conv, path, shape, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("framework", ["keras"])
-@pytest.mark.parametrize("node,size", [
-    (depthwise_conv(6, 3, 1), (9, 7)), (depthwise_conv(4, 3, 2, multiplier=2, bias=True), (8, 8)),
-    (grouped_conv(12, 6, 1, 1, 3), (5, 6)), (grouped_conv(6, 12, 1, 2, 3, bias=True), (7, 7)),
-    (grouped_conv(16, 16, 3, 2, 8), (9, 8)), (grouped_conv(3, 8, 7, 2, 1), (13, 11)),
-    (grouped_conv(3, 8, 3, 2, 1), (9, 9)), (grouped_conv(8, 8, 1, 2, 1, bias=True), (7, 6)),
+@pytest.mark.parametrize("node,size,xla_conv", [
+    (depthwise_conv(6, 3, 1), (9, 7), False), (depthwise_conv(4, 3, 2, multiplier=2, bias=True), (8, 8), False),
+    (grouped_conv(12, 6, 1, 1, 3), (5, 6), False), (grouped_conv(6, 12, 1, 2, 3, bias=True), (7, 7), False),
+    (grouped_conv(16, 16, 3, 2, 8), (9, 8), False), (grouped_conv(3, 8, 7, 2, 1), (13, 11), True),
+    (grouped_conv(3, 8, 3, 2, 1), (9, 9), False), (grouped_conv(8, 8, 1, 2, 1, bias=True), (7, 6), False),
+    (grouped_conv(16, 24, 3, 1, 4, bias=True), (7, 6), False),  # 4 per group (ResNeXt layer1): taps
+    (grouped_conv(32, 32, 3, 2, 2), (9, 8), True),  # 16 per group: per-group dense convs
 ])
-def test_keras_fast_conv_paths_compiled(framework, dtype, node, size):
+def test_keras_fast_conv_paths_compiled(framework, dtype, node, size, xla_conv):
     """Keras convs pick a formulation per backend *and* per compiler (TF graph vs XLA): the compiled
-    ``predict_on_batch`` (XLA on TF via ``jit_compile=True``; jitted on JAX) must match the oracle too."""
+    ``predict_on_batch`` (XLA on TF via ``jit_compile=True``; jitted on JAX) must match the oracle too.
+    On JAX, only the convs ``common.xla_cpu`` leaves to XLA may reach its convolution op (``xla_conv``)."""
     keras_impl = import_backend("keras")
     import keras
     weights = random_weights(node, 0, "float64")
@@ -201,6 +204,10 @@ def test_keras_fast_conv_paths_compiled(framework, dtype, node, size):
     expected = run_framework("numpy", node, weights, x, dtype)["output"]
     model = keras_impl.build(node, dtype=dtype)
     keras_impl.load_weights(model, weights)
+    if keras.backend.backend() == "jax":
+        import jax
+        jaxpr = str(jax.make_jaxpr(lambda v: model(v, training=False))(x.transpose(0, 2, 3, 1).astype(dtype)))
+        assert ("conv_general_dilated" in jaxpr) == xla_conv, f"{node}: XLA conv expected {xla_conv}"
     for jit in ((True, False) if keras.backend.backend() == "tensorflow" else ("auto",)):  # TF: XLA and graph
         model.compile(jit_compile=jit)
         out = np.asarray(model.predict_on_batch(np.ascontiguousarray(x.transpose(0, 2, 3, 1).astype(dtype))))
