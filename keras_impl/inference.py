@@ -121,12 +121,8 @@ def folded_batch_norms(model: keras.Model) -> tuple[dict[int, tuple[Any, Any]], 
 def _folded_conv(layer: keras.layers.Layer, kernel: Any, bias: Any) -> Callable[..., Any]:
     """``layer``'s own fast conv with a BatchNorm-folded ``kernel``, plus the folded ``bias``."""
     def run(x: Any, **kwargs: Any) -> Any:
-        if isinstance(layer, Conv2D):
-            y = layer.convolution_op(x, kernel)
-        else:
-            y = layer.depthwise_op(x, kernel)
-            if y is None:  # TF graph mode only; this path is built for JAX
-                y = keras.ops.depthwise_conv(x, kernel, strides=layer.strides, padding="valid")
+        # JAX only: there ``depthwise_op`` always has a fast op (None is TensorFlow graph mode's answer)
+        y = layer.convolution_op(x, kernel) if isinstance(layer, Conv2D) else layer.depthwise_op(x, kernel)
         return y + bias
     return run
 
