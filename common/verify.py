@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 
@@ -56,8 +56,12 @@ def to_nhwc(array: np.ndarray) -> np.ndarray:
 
 
 def run_framework(framework: str, node: object, weights: Mapping[str, np.ndarray], x_nchw: np.ndarray,
-                  dtype: str, taps: bool = False) -> dict[str, np.ndarray]:
-    """Build ``node`` in ``framework``, load ``weights``, run ``x_nchw``; outputs in NCHW, float64."""
+                  dtype: str, taps: bool = False,
+                  on_model: Callable[[ModuleType, object], None] | None = None) -> dict[str, np.ndarray]:
+    """Build ``node`` in ``framework``, load ``weights``, run ``x_nchw``; outputs in NCHW, float64.
+
+    ``on_model(backend, model)``, if given, sees the loaded model before it runs (e.g. to inspect it
+    without building it a second time)."""
     if framework == "numpy":
         from .oracle import forward
         # the oracle computes in float64, on the same dtype-rounded numbers the frameworks see
@@ -66,6 +70,8 @@ def run_framework(framework: str, node: object, weights: Mapping[str, np.ndarray
     backend = load_backend(framework)
     model = backend.build(node, dtype=dtype)
     backend.load_weights(model, weights)
+    if on_model is not None:
+        on_model(backend, model)
     x = x_nchw if backend.DATA_FORMAT == "channels_first" else to_nhwc(x_nchw)
     outputs = backend.forward_numpy(model, np.ascontiguousarray(x.astype(dtype)), taps=taps)
     if backend.DATA_FORMAT != "channels_first":
