@@ -32,23 +32,19 @@ def backend(framework):
     return import_backend(framework)
 
 
-#: Whole-network pairs re-run on the JAX and torch Keras backends: one model per family and size class.
-#: (All 27 run on TensorFlow in every CI run; all 27 were measured on every Keras backend — README.)
-KERAS_BACKEND_MODELS = {"shufflenet_v2_x0_5", "shufflenet_v1_g3_x0_5", "shufflenet_v1_g8_x1_0", "resnext50_32x4d"}
+def _is_keras(value: object) -> bool:
+    if isinstance(value, str):
+        return value == "keras" or value.startswith("keras[")
+    return isinstance(value, tuple) and any(_is_keras(v) for v in value)
 
 
 def pytest_collection_modifyitems(config, items):
-    """Anything parametrised with a Keras framework is marked ``keras`` (re-run on every Keras backend),
-    except whole-network pairs outside :data:`KERAS_BACKEND_MODELS`, which run on TensorFlow only."""
+    """Anything parametrised with a Keras framework or party is marked ``keras``: ``.ci/test`` re-runs
+    those under every Keras backend."""
     for item in items:
         callspec = getattr(item, "callspec", None)
-        params = callspec.params if callspec else {}
-        if not any(v == "keras" or (isinstance(v, tuple) and "keras" in v) for v in params.values()):
-            continue
-        if item.module.__name__.endswith("test_networks") and params.get("model") not in KERAS_BACKEND_MODELS \
-                and "model" in params:
-            continue
-        item.add_marker(pytest.mark.keras)
+        if callspec and any(_is_keras(v) for v in callspec.params.values()):
+            item.add_marker(pytest.mark.keras)
 
 
 def _model_of(item) -> tuple[str, object]:
@@ -63,9 +59,8 @@ def _free_framework_caches() -> None:
     import gc
     import sys
 
-    import harness
-    harness.network_outputs.cache_clear()
-    harness.train_outputs.cache_clear()
+    import store
+    store.clear_memo()
     if "jax" in sys.modules:
         sys.modules["jax"].clear_caches()
     if "keras" in sys.modules:

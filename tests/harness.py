@@ -1,30 +1,97 @@
-"""Test helpers: run one IR node in one framework, on shared weights and input, with caching.
+"""Test helpers: run one IR node in one framework, on shared weights and input, computed once per run.
 
 Outputs come back NCHW / float64 via ``common.verify.run_framework`` — the same path users' verify
-takes, so the tests exercise the product, not a test-only copy of it.
+takes, so the tests exercise the product, not a test-only copy of it. Whole-network and training results
+go through :mod:`store`: each is computed once per run of the suite and shared by the workers and the
+Keras re-runs, so a pair test costs a comparison, not two forward passes.
+
+A *party* is one implementation on one runtime: ``torch``, ``flax``, ``numpy`` (the float64 oracle) and
+``keras[tensorflow]`` / ``keras[jax]`` / ``keras[torch]``. A process can compute every party except the
+Keras backends it was not started with; those come from the store (``.ci/test`` runs the backends in
+:data:`KERAS_BACKENDS` order, so each re-run finds the earlier ones there).
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
+import os
 
 import numpy as np
 
+import store
 from common import get_spec, random_input, random_weights
 from common.verify import BOUNDS, compare, run_framework
 
-PARTIES = ("torch", "keras", "flax", "numpy")  # numpy = the float64 oracle
-PAIRS = tuple(itertools.combinations(PARTIES, 2))
+#: The order ``.ci/test`` runs the Keras backends in (the first is also the main run's).
+KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 
 
-@functools.lru_cache(maxsize=64)
+def keras_backend() -> str:
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def keras_party(backend: str | None = None) -> str:
+    return f"keras[{backend or keras_backend()}]"
+
+
+def local_parties(oracle: bool = True) -> tuple[str, ...]:
+    """The parties this process computes itself (``oracle=False``: the frameworks only, as in training)."""
+    return ("torch", keras_party(), "flax", *(("numpy",) if oracle else ()))
+
+
+def run_pairs(oracle: bool = True) -> tuple[tuple[str, str], ...]:
+    """The pairs this pytest run checks, so that the three runs of ``.ci/test`` check every pair once.
+
+    The main run (the first Keras backend) checks every pair of its own parties; a Keras re-run checks its
+    Keras party against torch, flax, the oracle and — when the run shares a store with the earlier runs —
+    the Keras backends that ran before it (read from the store; missing there is a failure)."""
+    mine = keras_party()
+    if keras_backend() == KERAS_BACKENDS[0]:
+        return tuple(itertools.combinations(local_parties(oracle), 2))
+    others = ["torch", "flax", *(("numpy",) if oracle else ())]
+    if store.directory() is not None and keras_backend() in KERAS_BACKENDS:
+        others += [keras_party(b) for b in KERAS_BACKENDS[:KERAS_BACKENDS.index(keras_backend())]]
+    return tuple((mine, other) for other in others)
+
+
+def _framework(party: str) -> str:
+    """The ``run_framework`` name of a party, or a failure if this process cannot compute it."""
+    if party.startswith("keras"):
+        if party not in ("keras", keras_party()):
+            raise AssertionError(f"{party} outputs are not in the test store ({store.ENV}); they are computed "
+                                 f"by the pytest run with KERAS_BACKEND={party[6:-1]} (bash .ci/test runs it first)")
+        return "keras"
+    return party
+
+
+def _party(name: str) -> str:
+    return keras_party() if name == "keras" else name
+
+
+#: The entry of :func:`network_outputs` that holds the framework's own trainable-parameter count (not a tap).
+TRAINABLE = "__trainable_parameters__"
+
+
 def network_outputs(framework: str, model: str, dtype: str, size: tuple[int, int], num_classes: int = 1000,
                     batch: int = 2) -> dict[str, np.ndarray]:
-    spec = get_spec(model, num_classes)
-    weights = random_weights(spec, seed=1, dtype="float64")
-    x = random_input((batch, 3, *size), seed=2, dtype="float64")
-    return run_framework(framework, spec, weights, x, dtype, taps=True)
+    """Every tap of ``model`` run by one party (``"keras"`` = this process's Keras backend), once per run,
+    plus :data:`TRAINABLE` (what that framework counts as trainable parameters; not for the oracle)."""
+    party = _party(framework)
+    key = ("network", party, model, dtype, tuple(size), num_classes, batch)
+
+    def compute() -> dict[str, np.ndarray]:
+        spec = get_spec(model, num_classes)
+        weights = random_weights(spec, seed=1, dtype="float64")
+        x = random_input((batch, 3, *size), seed=2, dtype="float64")
+        counted: dict[str, np.ndarray] = {}
+
+        def count(backend, net) -> None:  # the framework's own count, from the model built here anyway
+            counted[TRAINABLE] = np.asarray(trainable_parameter_count(_framework(party), net))
+
+        outputs = run_framework(_framework(party), spec, weights, x, dtype, taps=True, on_model=count)
+        return {**outputs, **counted}
+
+    return store.cached(key, compute)
 
 
 def assert_close(a: np.ndarray, b: np.ndarray, dtype: str, what: str) -> tuple[float, float]:
@@ -85,11 +152,18 @@ def tiny_resnext():
 TRAIN_SEED = 0
 
 
-@functools.lru_cache(maxsize=32)
 def train_outputs(framework: str, model: str, dtype: str, freeze: bool = False) -> dict:
-    """One ``train_step_numpy`` (lr 0.1, momentum 0.9, weight decay 1e-4) on shared weights / data."""
+    """One ``train_step_numpy`` (lr 0.1, momentum 0.9, weight decay 1e-4) on shared weights / data, run by
+    one party (``"keras"`` = this process's Keras backend), once per run."""
     from common.train_verify import run_train_step, train_inputs
-    spec = tiny_resnext() if model == "resnext_tiny" else get_spec(model, 10)
-    weights = random_weights(spec, seed=TRAIN_SEED, dtype="float64")
-    x, labels = train_inputs(spec, TRAIN_SHAPE, seed=TRAIN_SEED)
-    return run_train_step(framework, spec, weights, x, labels, dtype, 0.1, 0.9, 1e-4, freeze)
+    party = _party(framework)
+    key = ("train", party, model, dtype, freeze, TRAIN_SEED, TRAIN_SHAPE)
+
+    def compute() -> dict:
+        spec = tiny_resnext() if model == "resnext_tiny" else get_spec(model, 10)
+        weights = random_weights(spec, seed=TRAIN_SEED, dtype="float64")
+        x, labels = train_inputs(spec, TRAIN_SHAPE, seed=TRAIN_SEED)
+        out = run_train_step(_framework(party), spec, weights, x, labels, dtype, 0.1, 0.9, 1e-4, freeze)
+        return store.flatten(out)
+
+    return store.unflatten(store.cached(key, compute))

@@ -18,7 +18,11 @@ from conftest import import_backend
 from harness import network_outputs
 
 FAMILY_MODELS = ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "shufflenet_v1_g8_x0_5", "resnext50_32x4d")
-SIZE = (64, 64)
+#: The whole-network size of test_networks (even in H, odd in W), so the oracle outputs are shared.
+SIZE = (64, 49)
+#: Models whose compiled functions are also called at a second input shape (a retrace of the same function
+#: object); the shape is a property of the mechanism, so the two cheapest families carry it.
+SECOND_SIZE, SECOND_SIZE_MODELS = (48, 40), ("shufflenet_v2_x1_0", "shufflenet_v1_g8_x0_5")
 
 
 def _torch_model(model: str, dtype: str):
@@ -172,12 +176,12 @@ def _nhwc(x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("model", FAMILY_MODELS)
 def test_optimized_function_matches_oracle(framework, model, dtype):
     """keras_impl / flax_impl ``optimize_for_inference`` (weights as compile-time constants on JAX, XLA on
-    TensorFlow) against the float64 oracle, on two input sizes (one compile each)."""
+    TensorFlow) against the float64 oracle (one compile per input size)."""
     backend = import_backend(framework)
     net = backend.create_model(model, dtype=dtype)
     backend.load_weights(net, random_weights(get_spec(model), seed=1, dtype="float64"))
     fast = backend.optimize_for_inference(net)
-    for size in (SIZE, (48, 40)):
+    for size in (SIZE, SECOND_SIZE) if model in SECOND_SIZE_MODELS else (SIZE,):
         oracle = network_outputs("numpy", model, "float64", size)["logits"]
         got = fast.forward_numpy(_nhwc(_input(size)))["logits"]
         assert got.dtype == np.dtype(dtype)

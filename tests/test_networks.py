@@ -1,32 +1,53 @@
-"""Whole networks: every model, every framework pair (and the NumPy oracle), float32 and float64,
-eval mode, weights moved through the porting table; every stage output compared, so a failure names
-the first stage that diverges."""
+"""Whole networks: every model, every pair of parties (torch, Keras on each backend, Flax and the NumPy
+oracle), float32 and float64, eval mode, weights moved through the porting table; every stage output
+compared, so a failure names the first stage that diverges.
+
+Each party's outputs are computed once per run (``harness.network_outputs``, shared through the test
+store), so a pair test is a comparison. The pairs of one pytest run are ``harness.run_pairs()``: the main
+run checks torch, keras[tensorflow], flax and the oracle against each other, each Keras re-run its own
+backend against all of those and the Keras backends before it — every pair of the six parties, once."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
 
 from common import count_parameters, get_spec, list_models
 from common.verify import BOUNDS, compare
-from conftest import FRAMEWORKS, import_backend
-from harness import PAIRS, network_outputs, trainable_parameter_count
+from conftest import import_backend
+from harness import TRAINABLE, network_outputs, run_pairs
 
 DTYPES = ("float32", "float64")
-SMALL = (64, 64)
-ODD_SIZE_MODELS = ("shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
-                   "shufflenet_v1_g3_x1_0", "shufflenet_v1_g8_x0_5", "shufflenet_v1_g1_x2_0", "resnext50_32x4d")
-FULL_SIZE_MODELS = ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "resnext50_32x4d")
+#: One size for every model, chosen to prove at once what a square even size and an odd size proved
+#: separately: H = 64 halves evenly (32, 16, 8, 4, 2), so every stride-2 conv and pool sees an even input
+#: there — where TF-style "same" padding differs from PyTorch's by O(1); W = 49 stays odd (25, 13, 7)
+#: down to the last stage, so every stride-2 layer's floor rounding is exercised; and H != W catches a
+#: swapped H/W. The last stage is 2 x 2, as at 64 x 64.
+SMALL = (64, 49)
+#: ``bash .ci/test --full`` (the exhaustive tier): every model also at an odd size in both axes and at
+#: 224 x 224. The fast tier runs 224 x 224 for one model per family.
+FULL = os.environ.get("GROUPNETS_FULL") == "1"
+ODD_SIZE = (97, 61)
+SIZES = (SMALL, ODD_SIZE) if FULL else (SMALL,)
+FULL_SIZE_MODELS = tuple(list_models()) if FULL else ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0",
+                                                       "resnext50_32x4d")
 
 
 def _cases(models, size):
-    return [pytest.param(m, d, a, b, size, id=f"{m}-{d}-{a}-{b}-{size[0]}x{size[1]}",
-                         marks=pytest.mark.xdist_group(m))
-            for m in models for d in DTYPES for a, b in PAIRS]
+    """Pair-major order: the two workers (xdist hands out consecutive tests) then compute different models'
+    outputs at the same time instead of waiting on each other's store lock for the same one."""
+    return [pytest.param(m, d, a, b, size, id=f"{m}-{d}-{a}-{b}-{size[0]}x{size[1]}")
+            for a, b in run_pairs() for m in models for d in DTYPES]
+
+
+def _taps(outputs: dict) -> dict:
+    return {k: v for k, v in outputs.items() if k != TRAINABLE}
 
 
 def _check_pair(model, dtype, a, b, size):
-    out_a, out_b = network_outputs(a, model, dtype, size), network_outputs(b, model, dtype, size)
+    out_a, out_b = _taps(network_outputs(a, model, dtype, size)), _taps(network_outputs(b, model, dtype, size))
     assert list(out_a) == list(get_spec(model).stage_names) == list(out_b)
     worst = []
     for tap in out_a:
@@ -37,13 +58,9 @@ def _check_pair(model, dtype, a, b, size):
             f"> {BOUNDS[dtype]:.0e} (max |Δ| {max_abs:.3e}); per tap so far: {worst}")
 
 
-@pytest.mark.parametrize("model,dtype,a,b,size", _cases(list_models(), SMALL))
+@pytest.mark.parametrize("model,dtype,a,b,size",
+                         [case for size in SIZES for case in _cases(list_models(), size)])
 def test_network_pair(model, dtype, a, b, size):
-    _check_pair(model, dtype, a, b, size)
-
-
-@pytest.mark.parametrize("model,dtype,a,b,size", _cases(ODD_SIZE_MODELS, (97, 61)))
-def test_network_pair_odd_size(model, dtype, a, b, size):
     _check_pair(model, dtype, a, b, size)
 
 
@@ -55,9 +72,9 @@ def test_network_pair_full_size(model, dtype, a, b, size):
 
 @pytest.mark.parametrize("model", list_models())
 def test_parameter_count_matches_spec(framework, model):
-    backend = import_backend(framework)
-    net = backend.create_model(model)
-    assert trainable_parameter_count(framework, net) == count_parameters(get_spec(model))
+    """What each framework itself reports as trainable, counted on the model the network test built."""
+    counted = network_outputs(framework, model, "float32", SMALL)[TRAINABLE]
+    assert int(counted) == count_parameters(get_spec(model))
 
 
 @pytest.mark.parametrize("num_classes", [1, 10])
@@ -68,7 +85,7 @@ def test_any_num_classes(framework, num_classes):
 
 def test_output_shapes_follow_the_spec(framework):
     out = network_outputs(framework, "resnext50_32x4d", "float32", SMALL)
-    assert out["stem"].shape == (2, 64, 16, 16) and out["layer4"].shape == (2, 2048, 2, 2)
+    assert out["stem"].shape == (2, 64, 16, 13) and out["layer4"].shape == (2, 2048, 2, 2)
     assert out["pre_logits"].shape == (2, 2048) and out["logits"].shape == (2, 1000)
 
 

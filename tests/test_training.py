@@ -13,18 +13,16 @@ computations are the same to 1e-12.
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 
 from common import get_spec, random_input, random_weights
 from common.train_verify import compare_train_runs
-from conftest import FRAMEWORKS, import_backend
-from harness import TRAIN_SEED, tiny_resnext, train_outputs
+from conftest import import_backend
+from harness import TRAIN_SEED, run_pairs, tiny_resnext, train_outputs
 
 MODELS = ("shufflenet_v2_x0_5", "shufflenet_v1_g3_x0_5", "resnext_tiny")
-TRAIN_PAIRS = tuple(itertools.combinations(FRAMEWORKS, 2))
+TRAIN_PAIRS = run_pairs(oracle=False)  # every pair of the five framework runs, over the three pytest runs
 CONTINUOUS = ("forward", "loss", "num_batches_tracked")  # + every "buffers:<group>" row
 
 

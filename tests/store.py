@@ -1,0 +1,95 @@
+"""Test outputs computed once per test run and shared by every xdist worker and every pytest invocation.
+
+``.ci/test`` points ``GROUPNETS_TEST_STORE`` at a fresh directory for one run of the whole suite (the
+TensorFlow run, then the Keras re-runs on JAX and torch) and deletes it afterwards, so nothing outlives the
+code that computed it. Each entry is computed by whichever test first needs it, under an exclusive file
+lock: another worker that needs the same entry waits for it instead of computing it again. Without the
+variable (a plain ``pytest`` run) entries are memoised in-process only, and an entry that only another
+process can compute (another Keras backend's outputs) is a test failure, never a silent skip.
+
+An entry is a flat mapping of names to arrays; :func:`flatten` / :func:`unflatten` carry nested dicts
+(the training results' ``grads`` and ``after``) through it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+ENV = "GROUPNETS_TEST_STORE"
+_SEP = "/"
+#: Without a store: the in-process memo, most recent last, bounded so a worker's memory stays flat.
+_memo: dict[str, dict[str, np.ndarray]] = {}
+MEMO_ENTRIES = 64
+
+
+def directory() -> Path | None:
+    value = os.environ.get(ENV)
+    return Path(value) if value else None
+
+
+def _name(key: tuple) -> str:
+    readable = "-".join(str(part) for part in key)[:120].replace("/", "_").replace(" ", "")
+    return f"{readable}-{hashlib.sha1(repr(key).encode()).hexdigest()[:12]}"
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
+    flat: dict[str, np.ndarray] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}{_SEP}"))
+        else:
+            flat[f"{prefix}{key}"] = np.asarray(value)
+    return flat
+
+
+def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
+    tree: dict = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split(_SEP)
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def _read(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        keys = [str(k) for k in data["__order__"]]
+        return {k: data[k] for k in keys}
+
+
+def _write(path: Path, entry: Mapping[str, np.ndarray]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, __order__=np.array(list(entry), dtype=str), **entry)
+    os.replace(tmp, path)  # readers never see a half-written entry
+
+
+def cached(key: tuple, compute: Callable[[], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``compute()`` once per run for ``key`` (any tuple of plain values), shared through the store."""
+    name, root = _name(key), directory()
+    if root is None:
+        if name not in _memo:
+            _memo[name] = {k: np.asarray(v) for k, v in compute().items()}
+            while len(_memo) > MEMO_ENTRIES:
+                del _memo[next(iter(_memo))]
+        _memo[name] = _memo.pop(name)  # most recently used last
+        return _memo[name]
+    path = root / f"{name}.npz"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also on an exception
+        if not path.exists():
+            _write(path, {k: np.asarray(v) for k, v in compute().items()})
+    return _read(path)  # reading a few MB back costs milliseconds; no second copy is kept in memory
+
+
+def clear_memo() -> None:
+    """Drop the in-process copies (a store on disk stays)."""
+    _memo.clear()
