@@ -61,6 +61,6 @@ def forward_numpy(model: keras.Model, x: np.ndarray, taps: bool = False) -> dict
     if isinstance(model.spec, ir.NetworkSpec):
         if taps:
             out = _infer(taps_model(model), x)
-            return {name: np.asarray(keras.ops.convert_to_numpy(out[name])) for name in model.spec.stage_names}
-        return {"logits": np.asarray(keras.ops.convert_to_numpy(_infer(model, x)))}
-    return {"output": np.asarray(keras.ops.convert_to_numpy(_infer(model, x)))}
+            return {name: keras.ops.convert_to_numpy(out[name]) for name in model.spec.stage_names}
+        return {"logits": keras.ops.convert_to_numpy(_infer(model, x))}
+    return {"output": keras.ops.convert_to_numpy(_infer(model, x))}

@@ -17,7 +17,7 @@ import pytest
 from common import count_parameters, get_spec, list_models
 from common.verify import BOUNDS, compare
 from conftest import import_backend
-from harness import TRAINABLE, network_outputs, run_pairs
+from harness import TRAINABLE, network_outputs, pair_major, run_pairs
 
 DTYPES = ("float32", "float64")
 #: One size for every model, chosen to prove at once what a square even size and an odd size proved
@@ -36,13 +36,8 @@ FULL_SIZE_MODELS = tuple(list_models()) if FULL else ("shufflenet_v2_x1_0", "shu
 
 
 def _cases(models, size):
-    """Pair-major, and every other pair walks the models backwards. xdist hands each worker a run of
-    consecutive tests, often one pair each: walking the same models in the same order, the two workers
-    needed the same entry at the same moment and one waited on the other's store lock (38 s idle for
-    ResNeXt-101 64x4d float64 on JAX); in opposite orders they meet once, in the middle."""
     return [pytest.param(m, d, a, b, size, id=f"{m}-{d}-{a}-{b}-{size[0]}x{size[1]}")
-            for k, (a, b) in enumerate(run_pairs())
-            for m in (models if k % 2 == 0 else tuple(reversed(models))) for d in DTYPES]
+            for (a, b), (m, d) in pair_major(run_pairs(), [(m, d) for m in models for d in DTYPES])]
 
 
 def _taps(outputs: dict) -> dict:

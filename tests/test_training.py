@@ -19,7 +19,7 @@ import pytest
 from common import get_spec, random_input, random_weights
 from common.train_verify import compare_train_runs
 from conftest import import_backend
-from harness import TRAIN_SEED, run_pairs, tiny_resnext, train_outputs
+from harness import TRAIN_SEED, pair_major, run_pairs, tiny_resnext, train_outputs
 
 MODELS = ("shufflenet_v2_x0_5", "shufflenet_v1_g3_x0_5", "resnext_tiny")
 TRAIN_PAIRS = run_pairs(oracle=False)  # every pair of the five framework runs, over the three pytest runs
@@ -31,11 +31,9 @@ def _spec(model: str):
 
 
 def _step_cases():
-    """Pair-major, every other pair walking the problems backwards, so the two workers rarely need the same
-    train step at the same moment (one would wait on the other's store lock; see test_networks)."""
     problems = [(m, d, f) for m in MODELS for d in ("float32", "float64") for f in (False, True)]
     return [pytest.param(m, d, (a, b), f, id=f"{m}-{d}-{a}-{b}-{'frozen' if f else 'full'}")
-            for k, (a, b) in enumerate(TRAIN_PAIRS) for m, d, f in (problems if k % 2 == 0 else problems[::-1])]
+            for (a, b), (m, d, f) in pair_major(TRAIN_PAIRS, problems)]
 
 
 @pytest.mark.parametrize("model,dtype,pair,freeze", _step_cases())
