@@ -17,7 +17,7 @@ from flax import nnx
 
 from common import ir
 from common.shuffle import check_shuffle, shuffle_view
-from common.xla_cpu import use_taps
+from common.xla_cpu import split_groups, use_taps
 
 #: Full-precision matmuls / convs: on GPU/TPU the default float32 precision may use TF32/bfloat16 passes,
 #: which would break the 1e-5 cross-framework tolerance. On CPU this is what XLA does anyway.
@@ -122,24 +122,27 @@ def check_conv_impl(impl: str) -> str:
     return impl
 
 
-def conv_path(op: ir.Conv2d, impl: str = "auto") -> str:
-    """Which formulation computes ``op``: ``"lax"``, ``"matmul"``, ``"taps"`` or ``"split"``.
+def conv_path(op: ir.Conv2d, impl: str = "auto", dtype: Any = "float32") -> str:
+    """Which formulation computes ``op`` in ``dtype``: ``"lax"``, ``"matmul"``, ``"taps"`` or ``"split"``.
 
     Chosen per shape from measurements on a 2-core x86 CPU (XLA CPU, batch 1 and 32):
     dense 1x1 → one matmul (1.3-2x faster than lax.conv); grouped 1x1 → one matmul per group,
     concatenated (ShuffleNet V1 g3 whole network, batch 32: 366 → 240 ms; batch 1 about 20% faster);
     few products per output (depthwise, the 3-channel stem, narrow groups) → shifted multiply-adds
     (10-40x on depthwise, 2-6x on 4/8-channel groups); wider groups → one dense conv per group,
-    concatenated (3-7x). The 7x7 stem stays on lax.
+    concatenated (3-7x). The 7x7 stem stays on lax. In float64 a grouped conv is never split: XLA
+    compiles each float64 op to its own loop, so splitting costs the group count in compile time
+    (``common.xla_cpu.split_groups``).
     """
     if check_conv_impl(impl) == "lax":
         return "lax"
     per_group_in = op.in_channels // op.groups
+    grouped = "split" if split_groups(np.dtype(dtype)) else "lax"
     if op.kernel_size == 1 and op.padding == 0:
-        return "matmul" if op.groups == 1 else "split"
+        return "matmul" if op.groups == 1 else grouped
     if use_taps(op.kernel_size, op.kernel_size, per_group_in):
         return "taps"
-    return "split" if op.groups > 1 else "lax"
+    return grouped if op.groups > 1 else "lax"
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, op: ir.Conv2d, path: str) -> jax.Array:
@@ -256,7 +259,7 @@ class Conv2d(nnx.Conv):
         if x.ndim != 4 or x.shape[-1] != self.spec.in_channels:
             raise ValueError(f"Conv2d expects NHWC input with {self.spec.in_channels} channels, "
                              f"got shape {tuple(x.shape)}")
-        y = conv2d(jnp.asarray(x, self.dtype), kernel, self.spec, conv_path(self.spec, self.impl))
+        y = conv2d(jnp.asarray(x, self.dtype), kernel, self.spec, conv_path(self.spec, self.impl, self.dtype))
         return y if bias is None else y + bias
 
 
@@ -348,7 +351,7 @@ def conv_bn(conv: Conv2d, bn: BatchNorm2d, x: jax.Array) -> jax.Array:
     ``impl="lax"`` never fold.
     """
     if (conv.impl == "lax" or not bn.uses_running_stats() or bn.num_features != conv.spec.out_channels
-            or (conv.fold_bn != "all" and conv_path(conv.spec, conv.impl) not in FOLD_PATHS)):
+            or (conv.fold_bn != "all" and conv_path(conv.spec, conv.impl, conv.dtype) not in FOLD_PATHS)):
         return bn(conv(x))
     scale, shift = bn.folded_affine()
     kernel = conv.kernel[...] * scale  # HWIO: the output channel is the last axis

@@ -16,7 +16,7 @@ from keras import ops
 
 from common import ir
 from common.shuffle import CONVENTIONS
-from common.xla_cpu import use_taps
+from common.xla_cpu import split_groups, use_taps
 
 _REGISTER = keras.saving.register_keras_serializable(package="groupnets")
 
@@ -309,6 +309,9 @@ class TorchBatchNormalization(keras.layers.BatchNormalization):
 # |   (incl. 3x3 stems)  |   (dense: native)   |   TF+XLA: per-group convs / native  | (stems: see code)    |
 # | k x k, groups>1      | per-group convs (8x)| per-group convs (2-4x)              | NCHW view conv (3x)  |
 #
+# Under XLA in float64 a grouped conv is one XLA conv, never per-group ops: XLA CPU compiles every float64
+# op to its own loop, so splitting multiplies compile time by the group count (``common.xla_cpu``).
+#
 # Shifted multiply-adds (``common.xla_cpu``): ResNeXt-50 stage 1 at batch 32, 150 → 59 ms per conv; whole
 # network (Keras JAX inference, same process) 2255 → 1900 ms, batch 1 63 → 54 ms; ShuffleNet V2's 3x3
 # stem as taps instead of im2col: 112 → 90 ms at batch 32. Taps are read through stride² phases
@@ -438,16 +441,20 @@ class Conv2D(keras.layers.Conv2D):
             if g == 1 and cin_g <= 4 and kh * kw >= 25:  # big-kernel stem on 3 channels: NCHW copy wins
                 return super().convolution_op(inputs, kernel)
             return _nchw_view_conv(inputs, kernel, strides)
+        # float64 under XLA: one grouped conv, never one op per group (common.xla_cpu.split_groups)
+        one_grouped_conv = g > 1 and not split_groups(self.compute_dtype) and _uses_xla(inputs)
         if (kh, kw) == (1, 1):
             x = inputs if strides == (1, 1) else inputs[:, ::strides[0], ::strides[1], :]
             if g == 1:
                 if backend == "jax":
                     return ops.einsum("...i,io->...o", x, kernel[0, 0])  # einsum keeps float64 everywhere
                 return super().convolution_op(inputs, kernel)
+            if one_grouped_conv:
+                return super().convolution_op(inputs, kernel)
             return _per_group(x, kernel[0, 0], g, lambda a, b: ops.einsum("...i,io->...o", a, b))
         if backend == "jax" and use_taps(kh, kw, cin_g):
             return _grouped_taps(inputs, kernel, g, strides)
-        if g > 1:
+        if g > 1 and not one_grouped_conv:
             return _per_group(inputs, kernel, g, lambda a, b: ops.conv(a, b, strides=strides, padding="valid"))
         return super().convolution_op(inputs, kernel)
 

@@ -148,7 +148,8 @@ def test_bad_group_counts_raise_clear_errors(framework):
         grouped_conv(10, 12, groups=4)
 
 
-#: (conv, the path flax_impl's "auto" picks for it, NCHW input): one case per fast path, odd sizes included.
+#: (conv, the path flax_impl's "auto" picks for it in float32, NCHW input): one case per fast path, odd sizes
+#: included. In float64 the "split" cases are one lax conv (``common.xla_cpu.split_groups``).
 FLAX_PATH_CASES = [
     (depthwise_conv(6, 3, 2, multiplier=2), "taps", (2, 6, 9, 7)),
     (grouped_conv(3, 8, 3, 2), "taps", (2, 3, 11, 8)),  # 3-channel stem
@@ -167,7 +168,8 @@ def test_flax_fast_conv_paths_match_lax(conv, path, shape, dtype):
     flax_impl = import_backend("flax")
     from common.verify import to_nhwc
     from flax_impl.layers import conv_path
-    assert conv_path(conv, "auto") == path and conv_path(conv, "lax") == "lax"
+    path = path if dtype == "float32" or path != "split" else "lax"  # float64 never splits (common.xla_cpu)
+    assert conv_path(conv, "auto", dtype) == path and conv_path(conv, "lax", dtype) == "lax"
     node = ir.Sequential((conv, ir.BatchNorm2d(conv.out_channels)))
     weights = random_weights(node, 0, "float64")
     x = random_input(shape, 1, "float64")
@@ -187,7 +189,7 @@ def test_flax_fast_conv_paths_match_lax(conv, path, shape, dtype):
 @pytest.mark.parametrize("framework", ["keras"])
 @pytest.mark.parametrize("node,size,xla_conv", [
     (depthwise_conv(6, 3, 1), (9, 7), False), (depthwise_conv(4, 3, 2, multiplier=2, bias=True), (8, 8), False),
-    (grouped_conv(12, 6, 1, 1, 3), (5, 6), False), (grouped_conv(6, 12, 1, 2, 3, bias=True), (7, 7), False),
+    (grouped_conv(12, 6, 1, 1, 3), (5, 6), "float64"), (grouped_conv(6, 12, 1, 2, 3, bias=True), (7, 7), "float64"),
     (grouped_conv(16, 16, 3, 2, 8), (9, 8), False), (grouped_conv(3, 8, 7, 2, 1), (13, 11), True),
     (grouped_conv(3, 8, 3, 2, 1), (9, 9), False), (grouped_conv(8, 8, 1, 2, 1, bias=True), (7, 6), False),
     (grouped_conv(16, 24, 3, 1, 4, bias=True), (7, 6), False),  # 4 per group (ResNeXt layer1): taps
@@ -196,7 +198,8 @@ def test_flax_fast_conv_paths_match_lax(conv, path, shape, dtype):
 def test_keras_fast_conv_paths_compiled(framework, dtype, node, size, xla_conv):
     """Keras convs pick a formulation per backend *and* per compiler (TF graph vs XLA): the compiled
     ``predict_on_batch`` (XLA on TF via ``jit_compile=True``; jitted on JAX) must match the oracle too.
-    On JAX, only the convs ``common.xla_cpu`` leaves to XLA may reach its convolution op (``xla_conv``)."""
+    On JAX, only the convs ``common.xla_cpu`` leaves to XLA may reach its convolution op (``xla_conv``: always,
+    never, or ``"float64"``: a grouped conv that float32 splits per group and float64 leaves whole)."""
     keras_impl = import_backend("keras")
     import keras
     weights = random_weights(node, 0, "float64")
@@ -207,7 +210,8 @@ def test_keras_fast_conv_paths_compiled(framework, dtype, node, size, xla_conv):
     if keras.backend.backend() == "jax":
         import jax
         jaxpr = str(jax.make_jaxpr(lambda v: model(v, training=False))(x.transpose(0, 2, 3, 1).astype(dtype)))
-        assert ("conv_general_dilated" in jaxpr) == xla_conv, f"{node}: XLA conv expected {xla_conv}"
+        expected_conv = xla_conv == dtype if isinstance(xla_conv, str) else xla_conv
+        assert ("conv_general_dilated" in jaxpr) == expected_conv, f"{node} {dtype}: XLA conv expected {expected_conv}"
     for jit in ((True, False) if keras.backend.backend() == "tensorflow" else ("auto",)):  # TF: XLA and graph
         model.compile(jit_compile=jit)
         out = np.asarray(model.predict_on_batch(np.ascontiguousarray(x.transpose(0, 2, 3, 1).astype(dtype))))
