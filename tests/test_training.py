@@ -19,15 +19,11 @@ import pytest
 from common import get_spec, random_input, random_weights
 from common.train_verify import compare_train_runs
 from conftest import import_backend
-from harness import TRAIN_SEED, pair_major, run_pairs, tiny_resnext, train_outputs
+from harness import TRAIN_MODELS, TRAIN_SEED, pair_major, run_pairs, train_outputs, train_spec
 
-MODELS = ("shufflenet_v2_x0_5", "shufflenet_v1_g3_x0_5", "resnext_tiny")
+MODELS = TRAIN_MODELS
 TRAIN_PAIRS = run_pairs(oracle=False)  # every pair of the five framework runs, over the three pytest runs
 CONTINUOUS = ("forward", "loss", "num_batches_tracked")  # + every "buffers:<group>" row
-
-
-def _spec(model: str):
-    return tiny_resnext() if model == "resnext_tiny" else get_spec(model, 10)
 
 
 def _step_cases():
@@ -39,7 +35,7 @@ def _step_cases():
 @pytest.mark.parametrize("model,dtype,pair,freeze", _step_cases())
 def test_train_step_matches(model, dtype, pair, freeze):
     a, b = pair
-    rows = compare_train_runs(_spec(model), dtype, a, train_outputs(a, model, dtype, freeze),
+    rows = compare_train_runs(train_spec(model), dtype, a, train_outputs(a, model, dtype, freeze),
                               b, train_outputs(b, model, dtype, freeze))
     if dtype == "float32":
         rows = [r for r in rows if r.quantity in CONTINUOUS or r.quantity.startswith("buffers:")]
@@ -51,7 +47,7 @@ def test_train_step_matches(model, dtype, pair, freeze):
 @pytest.mark.parametrize("model", MODELS)
 def test_bn_statistics_follow_pytorch_rule(framework, model):
     """After one train step every running stat moved and every counter went up by exactly one."""
-    spec = _spec(model)
+    spec = train_spec(model)
     before = random_weights(spec, seed=TRAIN_SEED, dtype="float64")
     after = train_outputs(framework, model, "float64")["after"]
     for key in before:
@@ -62,9 +58,9 @@ def test_bn_statistics_follow_pytorch_rule(framework, model):
 
 
 def test_frozen_backbone_changes_only_the_head(framework):
-    spec = _spec("shufflenet_v2_x0_5")
+    spec = train_spec("shufflenet_v2_tiny")
     before = random_weights(spec, seed=TRAIN_SEED, dtype="float64")
-    after = train_outputs(framework, "shufflenet_v2_x0_5", "float64", freeze=True)["after"]
+    after = train_outputs(framework, "shufflenet_v2_tiny", "float64", freeze=True)["after"]
     changed = sorted(k for k in before if not np.array_equal(np.asarray(after[k], np.float64), before[k]))
     assert changed == ["fc.bias", "fc.weight"]
 
