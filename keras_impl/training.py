@@ -64,6 +64,16 @@ def sgd(lr: float, momentum: float, dtype: str) -> keras.optimizers.SGD:
     return keras.optimizers.SGD(learning_rate=lambda: rate, momentum=float(momentum))
 
 
+def _coupled_decay(grads: list, params: list, weight_decay: float, dtype: str) -> list:
+    """``g + weight_decay · p``, PyTorch's coupled L2 (torch.optim.SGD): the decayed gradient feeds the
+    momentum buffer. Keras' own ``weight_decay`` argument is decoupled (``p -= lr·wd·p`` applied
+    separately), so it is not used."""
+    if not weight_decay:
+        return list(grads)
+    decay = ops.convert_to_tensor(np.asarray(weight_decay, dtype=dtype))
+    return [g + decay * p for g, p in zip(grads, params)]
+
+
 def train_step_numpy(model: keras.Model, x: np.ndarray, labels: Sequence[int] | np.ndarray, lr: float = 0.0,
                      momentum: float = 0.9, weight_decay: float = 0.0) -> dict[str, Any]:
     """One train-mode step on NumPy data (NHWC ``x``, integer ``labels``).
@@ -110,12 +120,8 @@ def train_step_numpy(model: keras.Model, x: np.ndarray, labels: Sequence[int] | 
     for variable, value in zip(non_trainable, state):
         variable.assign(value)
     if lr > 0 and trainable:
-        decay = ops.convert_to_tensor(np.asarray(weight_decay, dtype=dtype))
-        # Coupled L2 (torch.optim.SGD): g + wd·p feeds the momentum buffer. Keras' own `weight_decay`
-        # argument is decoupled (p -= lr·wd·p applied separately), so it is not used.
-        stepped = [g + decay * ops.convert_to_tensor(v) for g, v in zip(param_grads, trainable)] \
-            if weight_decay else list(param_grads)
-        sgd(lr, momentum, dtype).apply(stepped, trainable)
+        _autodiff.apply_update(sgd(lr, momentum, dtype), list(param_grads), trainable,
+                               lambda grads, params: _coupled_decay(grads, params, weight_decay, dtype))
 
     framework = {key_of[id(v)]: np.array(ops.convert_to_numpy(g)) for v, g in zip(trainable, param_grads)}
     return {
