@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort  # a CI requirement: missing means a loud collection error, never a skip
 import pytest
 
+import store
 from common import get_spec, ir, list_models, random_input, random_weights
 from common.fusion import conv_bn_pairs
 from common.verify import BOUNDS, compare
@@ -55,30 +56,46 @@ import sys, numpy as np
 sys.path[:0] = [{root!r}, {tests!r}]
 from common import get_spec, random_input, random_weights
 import torch_impl
-net = torch_impl.create_model({model!r}, dtype={dtype!r})
-torch_impl.load_weights(net, random_weights(get_spec({model!r}), seed=1, dtype="float64"))
-fast = torch_impl.optimize_for_inference(net, mode="compile")
 x = random_input((2, 3, {h}, {w}), seed=2, dtype="float64")
-np.save({out!r}, torch_impl.forward_numpy(fast, x)["logits"])
+logits = {{}}
+for dtype in ("float32", "float64"):
+    net = torch_impl.create_model({model!r}, dtype=dtype)
+    torch_impl.load_weights(net, random_weights(get_spec({model!r}), seed=1, dtype="float64"))
+    fast = torch_impl.optimize_for_inference(net, mode="compile")
+    logits[dtype] = torch_impl.forward_numpy(fast, x)["logits"]
+np.savez({out!r}, **logits)
 """
+
+
+def _compiled_logits(model: str) -> dict[str, np.ndarray]:
+    """``mode="compile"`` logits of ``model`` in float32 and float64, from one child process per model (one
+    torch import and build serves both dtypes), once per run (``store``)."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    def compute() -> dict[str, np.ndarray]:
+        tests = Path(__file__).resolve().parent
+        with tempfile.TemporaryDirectory() as scratch:
+            out = Path(scratch) / "logits.npz"
+            code = _COMPILED_LOGITS.format(root=str(tests.parent), tests=str(tests), model=model,
+                                           h=SIZE[0], w=SIZE[1], out=str(out))
+            subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
+            with np.load(out) as data:
+                return {k: data[k] for k in data.files}
+
+    return store.cached(("inductor", model, SIZE), compute)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("model", FAMILY_MODELS)
-def test_torch_compiled_matches_oracle(model, dtype, tmp_path):
+def test_torch_compiled_matches_oracle(model, dtype):
     """``mode="compile"`` (Inductor) against the oracle, in a child process, so a test worker never holds
     Inductor's compiled C++ kernels next to XLA's. (A worker's XLA abort was first blamed on that; it
     recurred without Inductor in the process, and the cause was memory growth — see conftest.)"""
-    import subprocess
-    import sys
-    from pathlib import Path
-    tests = Path(__file__).resolve().parent
-    out = tmp_path / "logits.npy"
-    code = _COMPILED_LOGITS.format(root=str(tests.parent), tests=str(tests), model=model, dtype=dtype,
-                                   h=SIZE[0], w=SIZE[1], out=str(out))
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
     oracle = network_outputs("numpy", model, "float64", SIZE)["logits"]
-    got = np.load(out)
+    got = _compiled_logits(model)[dtype]
     assert got.dtype == np.dtype(dtype)
     max_abs, max_rel = compare(got, oracle)
     assert max_rel <= BOUNDS[dtype], f"{model} compile {dtype}: max rel {max_rel:.3e} (|Δ| {max_abs:.3e})"
