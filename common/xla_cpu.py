@@ -26,6 +26,8 @@ float64 a grouped conv that float32 splits is one XLA conv. The taps formulation
 
 from __future__ import annotations
 
+import numpy as np
+
 #: Largest ``k·k·in/groups`` computed as shifted multiply-adds (the "taps" formulation).
 MAX_TAP_TERMS = 72
 
@@ -38,5 +40,5 @@ def use_taps(kernel_h: int, kernel_w: int, in_per_group: int) -> bool:
 def split_groups(dtype: object) -> bool:
     """True where a grouped conv (not computed as taps) runs as one dense op per group: float32, whose
     per-group ops are library kernels; False for float64, where each would be compiled code (module doc).
-    ``dtype``: anything whose ``str()`` names the dtype (``"float64"``, a NumPy or framework dtype)."""
-    return "float64" not in str(dtype)
+    ``dtype``: a dtype name (``"float64"``, as Keras gives it) or a NumPy / JAX dtype."""
+    return np.dtype(dtype) != np.float64

@@ -137,7 +137,7 @@ def conv_path(op: ir.Conv2d, impl: str = "auto", dtype: Any = "float32") -> str:
     if check_conv_impl(impl) == "lax":
         return "lax"
     per_group_in = op.in_channels // op.groups
-    grouped = "split" if split_groups(np.dtype(dtype)) else "lax"
+    grouped = "split" if split_groups(dtype) else "lax"
     if op.kernel_size == 1 and op.padding == 0:
         return "matmul" if op.groups == 1 else grouped
     if use_taps(op.kernel_size, op.kernel_size, per_group_in):
