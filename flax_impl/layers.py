@@ -331,10 +331,13 @@ class BatchNorm2d(nnx.Module):
             var = jnp.mean(jnp.square(x - mean), axis=axes)  # biased (two-pass: no cancellation)
             unbiased = var * (count / (count - 1))
             m = self.momentum
-            # running statistics are buffers, not functions of the loss
-            self.mean[...] = jax.lax.stop_gradient((1 - m) * self.mean[...] + m * mean)
-            self.var[...] = jax.lax.stop_gradient((1 - m) * self.var[...] + m * unbiased)
-            self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
+            # running statistics are buffers, not functions of the loss. set_value, not `v[...] = `: under
+            # jit the indexed form asks the tracer for its sharding, and JAX answers with an error message
+            # that scans the whole program traced so far, which makes a network's trace quadratic
+            # (ResNeXt-50 train mode: 7.1 of 7.5 s, 1.2 s with set_value)
+            self.mean.set_value(jax.lax.stop_gradient((1 - m) * self.mean[...] + m * mean))
+            self.var.set_value(jax.lax.stop_gradient((1 - m) * self.var[...] + m * unbiased))
+            self.num_batches_tracked.set_value(self.num_batches_tracked[...] + 1)
         return (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * self.scale[...]) + self.bias[...]
 
 

@@ -16,12 +16,17 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 
 ENV = "GROUPNETS_TEST_STORE"
+#: Where a worker notes each wait for an entry another worker was computing (``.ci/test`` sums it): idle
+#: CPU that a better test order would recover.
+WAIT_LOG = "waits.tsv"
+WAIT_WORTH_LOGGING = 0.05
 _SEP = "/"
 #: Without a store: the in-process memo, most recent last, bounded so a worker's memory stays flat.
 _memo: dict[str, dict[str, np.ndarray]] = {}
@@ -84,9 +89,14 @@ def cached(key: tuple, compute: Callable[[], Mapping[str, np.ndarray]]) -> dict[
         return _memo[name]
     path = root / f"{name}.npz"
     with open(root / f"{name}.lock", "w") as lock:
+        asked = time.perf_counter()
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also on an exception
+        waited = time.perf_counter() - asked
         if not path.exists():
             _write(path, {k: np.asarray(v) for k, v in compute().items()})
+        elif waited > WAIT_WORTH_LOGGING:  # another worker was computing it: this one sat idle
+            with open(root / WAIT_LOG, "a") as log:
+                log.write(f"{waited:.2f}\t{name}\n")
     return _read(path)  # reading a few MB back costs milliseconds; no second copy is kept in memory
 
 
