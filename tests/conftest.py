@@ -38,12 +38,20 @@ def _is_keras(value: object) -> bool:
     return isinstance(value, tuple) and any(_is_keras(v) for v in value)
 
 
+#: Parameters that name the framework(s) or parties a test runs. Other parameters may hold the word
+#: "keras" without running Keras (a file format, a module a child process must not import).
+FRAMEWORK_PARAMS = ("framework", "a", "b", "pair")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Anything parametrised with a Keras framework or party is marked ``keras``: ``.ci/test`` re-runs
-    those under every Keras backend."""
+    """A test parametrised with a Keras framework or party is marked ``keras``: ``.ci/test`` re-runs those
+    under every Keras backend, unless it is marked ``backend_neutral`` (it uses Keras, but what it proves
+    is Keras' own Python: file layouts, the layer-graph walk), which runs on the default backend only."""
     for item in items:
         callspec = getattr(item, "callspec", None)
-        if callspec and any(_is_keras(v) for v in callspec.params.values()):
+        if item.get_closest_marker("backend_neutral") or callspec is None:
+            continue
+        if any(_is_keras(callspec.params[name]) for name in FRAMEWORK_PARAMS if name in callspec.params):
             item.add_marker(pytest.mark.keras)
 
 
@@ -64,24 +72,49 @@ def _free_framework_caches() -> None:
     if "jax" in sys.modules:
         sys.modules["jax"].clear_caches()
     if "keras" in sys.modules:
-        sys.modules["keras"].backend.clear_session(free_memory=True)
-    gc.collect()
+        sys.modules["keras"].backend.clear_session(free_memory=False)
+    gc.collect()  # once: a full collection of a heap holding three frameworks costs ~0.5 s
 
 
-#: Resident memory above which a worker frees its caches at the next change of model. Clearing at every
-#: change of model made the network tests 25% slower (JAX recompiles every small eager op afterwards);
-#: clearing only when a worker has grown past this keeps two workers far below the machine's 24 GiB.
-CACHE_LIMIT_BYTES = 3 * 2**30
+#: A worker frees its caches at the next change of model once its resident memory has grown this much
+#: past what it held after its last free (or past :data:`CACHE_FLOOR_BYTES`, whichever is higher).
+#: Relative, because freed memory is reused but rarely returned to the OS: with a fixed 3 GiB limit a
+#: worker stayed above it after the first free and freed at every change of model (269 times, 235 s of
+#: teardown in the main run of 2026-12-02, then recompiled every small eager op it had cached).
+CACHE_GROWTH_BYTES = int(1.5 * 2**30)
+CACHE_FLOOR_BYTES = 3 * 2**30
+_free_above = CACHE_FLOOR_BYTES
+_frees: list[float] = []  # seconds per free, reported at the end (MEMORY_LOG)
+_peak_rss = 0
+#: One line per worker in the test store: frees, seconds spent freeing, peak resident memory.
+MEMORY_LOG = "memory.tsv"
 
 
 def pytest_runtest_teardown(item, nextitem):
-    """Free the caches when a worker has grown large and the next test is about another model (or file).
+    """Free the caches when a worker has grown and the next test is about another model (or file).
 
     A CI worker runs about 600 tests in one process. Without this its resident memory grew to 10 GiB by
     the end of the run (two workers on a 24 GiB machine), and a Flax train-step compile then aborted
     (CI, 2026-11-26)."""
+    global _free_above, _peak_rss
     if nextitem is not None and _model_of(nextitem) == _model_of(item):
         return
+    import time
+
     import psutil
-    if psutil.Process().memory_info().rss > CACHE_LIMIT_BYTES:
+    rss = psutil.Process().memory_info().rss
+    _peak_rss = max(_peak_rss, rss)
+    if rss > _free_above:
+        start = time.perf_counter()
         _free_framework_caches()
+        _frees.append(time.perf_counter() - start)
+        _free_above = max(CACHE_FLOOR_BYTES, psutil.Process().memory_info().rss + CACHE_GROWTH_BYTES)
+
+
+def pytest_sessionfinish(session):
+    """Each worker's frees and peak memory, for ``.ci/test``'s summary (only with a test store)."""
+    import store
+    root = store.directory()
+    if root is not None and _peak_rss:
+        with open(root / MEMORY_LOG, "a") as log:
+            log.write(f"{len(_frees)}\t{sum(_frees):.1f}\t{_peak_rss / 2**30:.2f}\n")

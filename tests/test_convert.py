@@ -237,12 +237,13 @@ def _inner_h5_structure(keras_path: Path) -> dict:
         return _h5_structure(h)
 
 
-@pytest.mark.keras
+@pytest.mark.backend_neutral  # Keras' saving code and file layout are the same Python on every backend
 @pytest.mark.parametrize("model,dtype", KERAS_FILE_CASES, ids=[f"{m}-{d}" for m, d in KERAS_FILE_CASES])
 def test_keras_files_are_exactly_what_keras_writes_and_reads(tmp_path, model, dtype):
     """Written without building a model, yet: the same HDF5 groups, datasets, dtypes and attributes as
-    ``model.save_weights`` / ``model.save`` (same config.json), loadable by Keras itself (``safe_mode=True``)
-    on this backend; and Keras' own files read bit-exactly (``num_classes`` from the file)."""
+    ``model.save_weights`` / ``model.save`` (same config.json), loadable by Keras itself (``safe_mode=True``);
+    and Keras' own files read bit-exactly (``num_classes`` from the file). Loading weights into a model on
+    each backend is proven by every network test (``load_weights``) and ``test_export_load_round_trip``."""
     import json
     import zipfile
 
