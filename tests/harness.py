@@ -24,6 +24,8 @@ from common.verify import BOUNDS, compare, run_framework
 
 #: The order ``.ci/test`` runs the Keras backends in (the first is also the main run's).
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
+#: ``bash .ci/test --full``: the exhaustive tier (docs/testing.md). Each file says what it adds.
+FULL = os.environ.get("GROUPNETS_FULL") == "1"
 
 
 def keras_backend() -> str:

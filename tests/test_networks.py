@@ -9,15 +9,13 @@ backend against all of those and the Keras backends before it — every pair of 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
 from common import count_parameters, get_spec, list_models
 from common.verify import BOUNDS, compare
 from conftest import import_backend
-from harness import TRAINABLE, network_outputs, pair_major, run_pairs
+from harness import FULL, TRAINABLE, network_outputs, pair_major, run_pairs
 
 DTYPES = ("float32", "float64")
 #: One size for every model, chosen to prove at once what a square even size and an odd size proved
@@ -28,7 +26,6 @@ DTYPES = ("float32", "float64")
 SMALL = (64, 49)
 #: ``bash .ci/test --full`` (the exhaustive tier): every model also at an odd size in both axes and at
 #: 224 x 224. The fast tier runs 224 x 224 for one model per family.
-FULL = os.environ.get("GROUPNETS_FULL") == "1"
 ODD_SIZE = (97, 61)
 SIZES = (SMALL, ODD_SIZE) if FULL else (SMALL,)
 FULL_SIZE_MODELS = tuple(list_models()) if FULL else ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0",
