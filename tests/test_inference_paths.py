@@ -18,13 +18,33 @@ from common.verify import BOUNDS, compare
 from conftest import import_backend
 from harness import FULL, network_outputs
 
-FAMILY_MODELS = ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "shufflenet_v1_g8_x0_5", "resnext50_32x4d")
+#: One model per family, together taking every conv formulation any registered model takes (held by
+#: ``test_family_models_take_every_conv_path``). ``--full`` adds V1 g8 0.5x, whose narrow groups take the
+#: same paths as g3's; every model of every family runs in ``test_networks``.
+FAMILY_MODELS = ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "resnext50_32x4d") + (
+    ("shufflenet_v1_g8_x0_5",) if FULL else ())
 #: The whole-network size of test_networks (even in H, odd in W), so the oracle outputs are shared.
 SIZE = (64, 49)
 #: Models whose compiled functions are also called at a second input shape (a retrace of the same function
 #: object); the shape is a property of the mechanism, so the cheapest family carries it (``--full``: all).
 SECOND_SIZE = (48, 40)
 SECOND_SIZE_MODELS = FAMILY_MODELS if FULL else ("shufflenet_v2_x1_0",)
+
+
+def _conv_paths(model: str) -> set[tuple]:
+    """(conv kind, groups > 1, Flax / Keras-on-XLA formulation in float32 and in float64) of every conv."""
+    from flax_impl.layers import conv_path  # the rules of common.xla_cpu, which keras_impl applies too
+    return {(op.kernel_size, op.stride, op.groups > 1, op.groups == op.in_channels,
+             conv_path(op, "auto", "float32"), conv_path(op, "auto", "float64"))
+            for _, op in ir.iter_leaves(get_spec(model)) if isinstance(op, ir.Conv2d)}
+
+
+def test_family_models_take_every_conv_path():
+    """The inference-path tests run a few models; together they must meet every (kernel, stride, grouped,
+    depthwise, formulation) a registered model has, or a new model brings a path they never compile."""
+    covered = set().union(*(_conv_paths(m) for m in FAMILY_MODELS))
+    missing = {m: sorted(_conv_paths(m) - covered) for m in list_models() if _conv_paths(m) - covered}
+    assert not missing, f"add a model to FAMILY_MODELS; conv paths not covered: {missing}"
 
 
 def _torch_model(model: str, dtype: str):
