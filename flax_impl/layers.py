@@ -7,6 +7,7 @@ hashable, so they are static data of the NNX graph) and its compute dtype as ``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
@@ -192,6 +193,35 @@ def shifted_taps(x: jax.Array, size: int, stride: int, pad: int) -> Iterator[tup
 
 
 def conv_taps(x: jax.Array, kernel: jax.Array, stride: int, pad: int, groups: int) -> jax.Array:
+    """:func:`taps_sum`, differentiated as the same conv on ``lax`` when it is a dense conv (``groups == 1``:
+    the ShuffleNet stems, 3 input channels at full resolution). Autodiff of the taps sum there is one
+    full-resolution reduction per term for the kernel gradient; XLA's conv gradient is 6x faster (Flax V2 train
+    step, batch 16 at 224 x 224, float32: 1586 → 254 ms; its first call 10.9 → 7.7 s). Grouped and depthwise
+    taps keep their own gradient, which trained faster than ``lax``'s (depthwise 1586 vs 1868 ms; ResNeXt's
+    narrow groups 1813 vs 2110 ms)."""
+    if groups == 1:
+        return _taps_with_conv_gradient(x, kernel, stride, pad)
+    return taps_sum(x, kernel, stride, pad, groups)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _taps_with_conv_gradient(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+    return taps_sum(x, kernel, stride, pad, 1)
+
+
+def _taps_forward(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> tuple[jax.Array, tuple]:
+    return taps_sum(x, kernel, stride, pad, 1), (x, kernel)
+
+
+def _conv_backward(stride: int, pad: int, saved: tuple, cotangent: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, kernel = saved
+    return jax.vjp(lambda a, b: conv_lax(a, b, stride, pad, 1), x, kernel)[1](cotangent)
+
+
+_taps_with_conv_gradient.defvjp(_taps_forward, _conv_backward)
+
+
+def taps_sum(x: jax.Array, kernel: jax.Array, stride: int, pad: int, groups: int) -> jax.Array:
     """Any conv as ``Σ_taps Σ_j  tap[..., g, j] · kernel[dy, dx, j, g, :]`` (``j`` = input channel within
     group ``g``): k·k·in/groups broadcast multiply-adds that XLA fuses into one loop. Depthwise is
     ``j ∈ {0}`` with the channel multiplier as the last axis (output channel ``c·mult + m``, PyTorch's order)."""
