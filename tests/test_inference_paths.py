@@ -32,7 +32,8 @@ SECOND_SIZE_MODELS = FAMILY_MODELS if FULL else ("shufflenet_v2_x1_0",)
 
 
 def _conv_paths(model: str) -> set[tuple]:
-    """(conv kind, groups > 1, Flax / Keras-on-XLA formulation in float32 and in float64) of every conv."""
+    """(kernel, stride, grouped, depthwise, Flax / Keras-on-XLA formulation in float32 and in float64) of
+    every conv of ``model``."""
     from flax_impl.layers import conv_path  # the rules of common.xla_cpu, which keras_impl applies too
     return {(op.kernel_size, op.stride, op.groups > 1, op.groups == op.in_channels,
              conv_path(op, "auto", "float32"), conv_path(op, "auto", "float64"))
@@ -42,8 +43,9 @@ def _conv_paths(model: str) -> set[tuple]:
 def test_family_models_take_every_conv_path():
     """The inference-path tests run a few models; together they must meet every (kernel, stride, grouped,
     depthwise, formulation) a registered model has, or a new model brings a path they never compile."""
-    covered = set().union(*(_conv_paths(m) for m in FAMILY_MODELS))
-    missing = {m: sorted(_conv_paths(m) - covered) for m in list_models() if _conv_paths(m) - covered}
+    paths = {m: _conv_paths(m) for m in list_models()}
+    covered = set().union(*(paths[m] for m in FAMILY_MODELS))
+    missing = {m: sorted(p - covered) for m, p in paths.items() if p - covered}
     assert not missing, f"add a model to FAMILY_MODELS; conv paths not covered: {missing}"
 
 
