@@ -52,6 +52,14 @@ def counter_dtype() -> np.dtype:
     return np.dtype(np.int64) if jax.config.jax_enable_x64 else np.dtype(np.int32)
 
 
+def from_host(array: np.ndarray) -> jax.Array:
+    """A host (NumPy) array on the default device, as is: ``jax.device_put``.
+
+    ``jnp.asarray`` of a NumPy array binds ``lax.stage``, which outside a trace compiles one XLA program per
+    shape and dtype (jax 0.10): 14-41 compiles, 0.3-0.8 s, for every network built or loaded."""
+    return jax.device_put(np.asarray(array))
+
+
 # ------------------------------------------------------------------------------------- initialisers
 def normal_init(gain: float) -> Callable[..., jax.Array]:
     """``N(0, gain / fan_in)`` with ``fan_in = prod(shape[:-1])`` (HWIO ``k·k·in/groups``; dense ``in``).
@@ -68,14 +76,14 @@ def normal_init(gain: float) -> Callable[..., jax.Array]:
             return (jax.random.normal(key, shape, dtype) * std).astype(dtype)
         raw = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
         seed = np.asarray(raw).ravel().tolist()
-        return jnp.asarray((np.random.default_rng(seed).standard_normal(shape) * std).astype(dtype))
+        return from_host((np.random.default_rng(seed).standard_normal(shape) * std).astype(dtype))
 
     return init
 
 
 def zeros_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
     """Zeros made on the host (no per-shape XLA compile)."""
-    return jnp.asarray(np.zeros(shape, dtype))
+    return from_host(np.zeros(shape, dtype))
 
 
 # ----------------------------------------------------------------------------- tensor functions
@@ -312,12 +320,12 @@ class BatchNorm2d(nnx.Module):
         dtype = resolve_dtype(dtype)
         shape = (op.num_features,)
         ones, zeros = np.ones(shape, dtype), np.zeros(shape, dtype)  # host arrays: no per-shape compile
-        self.scale = nnx.Param(jnp.asarray(ones))
-        self.bias = nnx.Param(jnp.asarray(zeros))
-        self.mean = nnx.BatchStat(jnp.asarray(zeros))
-        self.var = nnx.BatchStat(jnp.asarray(ones))
+        self.scale = nnx.Param(from_host(ones))
+        self.bias = nnx.Param(from_host(zeros))
+        self.mean = nnx.BatchStat(from_host(zeros))
+        self.var = nnx.BatchStat(from_host(ones))
         # an integer variable so it ports to torch's int64 `num_batches_tracked` (see counter_dtype)
-        self.num_batches_tracked = nnx.BatchStat(jnp.asarray(np.zeros((), counter_dtype())))
+        self.num_batches_tracked = nnx.BatchStat(from_host(np.zeros((), counter_dtype())))
         self.spec = op
         self.num_features = op.num_features
         self.epsilon = op.eps

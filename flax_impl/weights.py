@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from common.errors import WeightsMismatchError
 from common.params import canonical_params, node_name
 from common.porting import LoadReport, to_canonical, to_framework
+
+from .layers import from_host
 
 
 def model_variables(model: nnx.Module) -> dict[str, nnx.Variable]:
@@ -67,5 +68,5 @@ def load_weights(model: nnx.Module, weights: Mapping[str, np.ndarray], strict: b
     if wrong_dtype:
         raise WeightsMismatchError(node_name(model.spec), wrong_dtype=wrong_dtype)
     for var, array in staged:
-        var.set_value(jnp.asarray(array))
+        var.set_value(from_host(array))
     return report

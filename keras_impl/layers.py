@@ -198,7 +198,9 @@ def _counter_dtype() -> str:
     """int64 like PyTorch's ``num_batches_tracked``, except on JAX without x64 (int64 is truncated to
     int32 there anyway, with a warning per variable)."""
     if keras.backend.backend() == "jax":
-        probe = ops.convert_to_tensor(np.zeros((), "int64"))
+        # dtype given: Keras-JAX's convert_to_tensor then device_puts; without it jnp.asarray compiles a
+        # program per shape (lax.stage, jax 0.10) — one per BatchNorm built
+        probe = ops.convert_to_tensor(np.zeros((), "int64"), dtype="int64")
         return keras.backend.standardize_dtype(probe.dtype)
     return "int64"
 
@@ -529,7 +531,8 @@ class HostHeNormal(keras.initializers.Initializer):
             outside = np.abs(z) > 2.0
         fan_in = max(1, math.prod(shape[:-1]))
         values = z * (math.sqrt(2.0 / fan_in) / 0.87962566103423978)
-        return ops.convert_to_tensor(values.astype(keras.backend.standardize_dtype(dtype or "float32")))
+        dtype = keras.backend.standardize_dtype(dtype or "float32")
+        return ops.convert_to_tensor(values.astype(dtype), dtype=dtype)  # dtype given: no per-shape compile
 
     def get_config(self) -> dict:
         return {"seed": self.seed}
