@@ -67,8 +67,10 @@ def _free_framework_caches() -> None:
     import gc
     import sys
 
+    import harness
     import store
     store.clear_memo()
+    harness.network_weights.cache_clear()
     if "jax" in sys.modules:
         sys.modules["jax"].clear_caches()
     if "keras" in sys.modules:

@@ -13,6 +13,7 @@ Keras backends it was not started with; those come from the store (``.ci/test`` 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 
@@ -85,6 +86,15 @@ def _party(name: str) -> str:
 TRAINABLE = "__trainable_parameters__"
 
 
+@functools.lru_cache(maxsize=1)
+def network_weights(model: str, num_classes: int = 1000) -> dict[str, np.ndarray]:
+    """The float64 weights every party of ``model`` runs on (seed 1), drawn once for consecutive entries of
+    one model: ResNeXt-101 32x8d's take 4.6 s (BatchNorm calibration through the oracle), and a worker
+    computed them again for each party and dtype — 86 CPU-s of the main run over all models. One entry
+    (700 MB for ResNeXt-101 in float64): tests go model by model. Read-only: parties copy what they cast."""
+    return random_weights(get_spec(model, num_classes), seed=1, dtype="float64")
+
+
 def network_outputs(framework: str, model: str, dtype: str, size: tuple[int, int], num_classes: int = 1000,
                     batch: int = 2) -> dict[str, np.ndarray]:
     """Every tap of ``model`` run by one party (``"keras"`` = this process's Keras backend), once per run,
@@ -94,7 +104,7 @@ def network_outputs(framework: str, model: str, dtype: str, size: tuple[int, int
 
     def compute() -> dict[str, np.ndarray]:
         spec = get_spec(model, num_classes)
-        weights = random_weights(spec, seed=1, dtype="float64")
+        weights = network_weights(model, num_classes)
         x = random_input((batch, 3, *size), seed=2, dtype="float64")
         counted: dict[str, np.ndarray] = {}
 
@@ -105,6 +115,22 @@ def network_outputs(framework: str, model: str, dtype: str, size: tuple[int, int
         return {**outputs, **counted}
 
     return store.cached(key, compute)
+
+
+def primitive_output(framework: str, node: object, x_shape: tuple[int, ...], dtype: str,
+                     seed: int = 0) -> np.ndarray:
+    """``node`` run by one party on weights ``seed`` and input ``seed + 1``, once per run (through the
+    store): a primitive test checks one party against all others, so each party's result is needed by the
+    test of every other party, and by each Keras re-run."""
+    party = _party(framework)
+    key = ("primitive", party, repr(node), tuple(x_shape), dtype, seed)
+
+    def compute() -> dict[str, np.ndarray]:
+        weights = random_weights(node, seed, "float64")
+        x = random_input(x_shape, seed + 1, "float64")
+        return {"output": run_framework(_framework(party), node, weights, x, dtype)["output"]}
+
+    return store.cached(key, compute)["output"]
 
 
 def assert_close(a: np.ndarray, b: np.ndarray, dtype: str, what: str) -> tuple[float, float]:
