@@ -12,11 +12,11 @@ import onnxruntime as ort  # a CI requirement: missing means a loud collection e
 import pytest
 
 import store
-from common import get_spec, ir, list_models, random_input, random_weights
+from common import get_spec, ir, list_models, random_input
 from common.fusion import conv_bn_pairs
 from common.verify import BOUNDS, compare
 from conftest import import_backend
-from harness import FULL, network_outputs
+from harness import FULL, network_outputs, network_weights
 
 #: One model per family, together taking every conv formulation any registered model takes (held by
 #: ``test_family_models_take_every_conv_path``). ``--full`` adds V1 g8 0.5x, whose narrow groups take the
@@ -52,7 +52,7 @@ def test_family_models_take_every_conv_path():
 def _torch_model(model: str, dtype: str):
     torch_impl = import_backend("torch")
     net = torch_impl.create_model(model, dtype=dtype)
-    torch_impl.load_weights(net, random_weights(get_spec(model), seed=1, dtype="float64"))
+    torch_impl.load_weights(net, network_weights(model))
     return torch_impl, net
 
 
@@ -220,7 +220,7 @@ def test_optimized_function_matches_oracle(framework, model, dtype):
     TensorFlow) against the float64 oracle (one compile per input size)."""
     backend = import_backend(framework)
     net = backend.create_model(model, dtype=dtype)
-    backend.load_weights(net, random_weights(get_spec(model), seed=1, dtype="float64"))
+    backend.load_weights(net, network_weights(model))
     fast = backend.optimize_for_inference(net)
     for size in (SIZE, SECOND_SIZE) if model in SECOND_SIZE_MODELS else (SIZE,):
         oracle = network_outputs("numpy", model, "float64", size)["logits"]
