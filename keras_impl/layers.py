@@ -198,9 +198,7 @@ def _counter_dtype() -> str:
     """int64 like PyTorch's ``num_batches_tracked``, except on JAX without x64 (int64 is truncated to
     int32 there anyway, with a warning per variable)."""
     if keras.backend.backend() == "jax":
-        # dtype given: Keras-JAX's convert_to_tensor then device_puts; without it jnp.asarray compiles a
-        # program per shape (lax.stage, jax 0.10) — one per BatchNorm built
-        probe = ops.convert_to_tensor(np.zeros((), "int64"), dtype="int64")
+        probe = ops.convert_to_tensor(np.zeros((), "int64"))
         return keras.backend.standardize_dtype(probe.dtype)
     return "int64"
 
