@@ -25,6 +25,7 @@ from common.porting import to_canonical
 from common.labels import check_labels, check_step_hyperparameters
 
 from .bridge import _modes, model_dtype
+from .layers import from_host
 from .transfer import trainable_filter
 
 
@@ -102,7 +103,7 @@ def train_step_numpy(model: nnx.Module, x: np.ndarray, labels: Sequence[int] | n
     try:
         for module, _ in saved:  # = model.train(), without a second traversal; frozen BN stays in eval
             module.use_running_average = False
-        logits, loss, flat, input_grad = _jitted_step(model, inputs, jnp.asarray(target), hyper, apply=lr > 0)
+        logits, loss, flat, input_grad = _jitted_step(model, inputs, from_host(target), hyper, apply=lr > 0)
     finally:
         for module, flag in saved:
             module.use_running_average = flag
