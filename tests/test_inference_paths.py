@@ -80,10 +80,11 @@ sys.path[:0] = [{root!r}, {tests!r}]
 from common import get_spec, random_input, random_weights
 import torch_impl
 x = random_input((2, 3, {h}, {w}), seed=2, dtype="float64")
+weights = random_weights(get_spec({model!r}), seed=1, dtype="float64")
 logits = {{}}
 for dtype in ("float32", "float64"):
     net = torch_impl.create_model({model!r}, dtype=dtype)
-    torch_impl.load_weights(net, random_weights(get_spec({model!r}), seed=1, dtype="float64"))
+    torch_impl.load_weights(net, weights)
     fast = torch_impl.optimize_for_inference(net, mode="compile")
     logits[dtype] = torch_impl.forward_numpy(fast, x)["logits"]
 np.savez({out!r}, **logits)
