@@ -7,7 +7,7 @@ Why it exists: at batch 32 the JAX rows of ``benchmarks/inference.py`` miss the 
 V1 and nowhere else. This times every distinct grouped 1x1 conv of the network (shapes from the spec, each
 weighted by how often the network runs it) on:
 
-* ``xla``: the formulation ``flax_impl`` runs for it (``conv_path``: one matmul per group);
+* ``xla``: the formulation ``flax_impl`` runs for it (``conv_path``: one matmul batched over the groups);
 * ``xla_lax``: one ``lax.conv_general_dilated`` with ``feature_group_count`` (what ``nnx.Conv`` does);
 * ``torch``: ``nn.Conv2d(groups=g)`` on channels-last input (oneDNN);
 * ``onnxruntime``: a one-node ONNX ``Conv`` with ``group=g``.
