@@ -38,7 +38,8 @@ def use_taps(kernel_h: int, kernel_w: int, in_per_group: int) -> bool:
 
 
 def split_groups(dtype: object) -> bool:
-    """True where a grouped conv (not computed as taps) runs as one dense op per group: float32, whose
-    per-group ops are library kernels; False for float64, where each would be compiled code (module doc).
+    """True where a grouped conv (not computed as taps) runs as dense per-group products — one matmul
+    batched over the groups for 1x1, one conv per group otherwise: float32, whose products are library
+    kernels; False for float64, where each would be compiled code (module doc).
     ``dtype``: a dtype name (``"float64"``, as Keras gives it) or a NumPy / JAX dtype."""
     return np.dtype(dtype) != np.float64
