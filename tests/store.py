@@ -27,6 +27,9 @@ ENV = "GROUPNETS_TEST_STORE"
 #: CPU that a better test order would recover.
 WAIT_LOG = "waits.tsv"
 WAIT_WORTH_LOGGING = 0.05
+#: One line per computed entry: process CPU seconds, wall seconds, entry name — where the suite's time
+#: goes, per party and model (``.ci/test`` sums it per kind and party).
+COMPUTE_LOG = "computes.tsv"
 _SEP = "/"
 #: Without a store: the in-process memo, most recent last, bounded so a worker's memory stays flat.
 _memo: dict[str, dict[str, np.ndarray]] = {}
@@ -93,7 +96,10 @@ def cached(key: tuple, compute: Callable[[], Mapping[str, np.ndarray]]) -> dict[
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also on an exception
         waited = time.perf_counter() - asked
         if not path.exists():
+            cpu0, wall0 = time.process_time(), time.perf_counter()
             _write(path, {k: np.asarray(v) for k, v in compute().items()})
+            with open(root / COMPUTE_LOG, "a") as log:
+                log.write(f"{time.process_time() - cpu0:.2f}\t{time.perf_counter() - wall0:.2f}\t{name}\n")
         elif waited > WAIT_WORTH_LOGGING:  # another worker was computing it: this one sat idle
             with open(root / WAIT_LOG, "a") as log:
                 log.write(f"{waited:.2f}\t{name}\n")
