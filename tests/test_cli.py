@@ -17,19 +17,9 @@ def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
-def test_verify_prints_a_table_for_every_pair_and_dtype():
-    result = run("verify", "shufflenet_v2_x0_5", "--size", "40", "56", "--batch", "1")
-    assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith("shufflenet_v2_x0_5")]
-    pairs = {" ".join(line.split()[2:5]) for line in rows}
-    assert pairs == {"torch vs keras[tensorflow]", "torch vs flax", "keras[tensorflow] vs flax"}
-    assert {line.split()[1] for line in rows} == {"float32", "float64"}
-    assert all(line.rstrip().endswith("ok") for line in rows) and "all pairs within bounds" in result.stdout
-
-
 def test_verify_taps_and_the_oracle():
-    result = run("verify", "shufflenet_v1_g2_x0_5", "--size", "32", "--taps", "--frameworks", "torch,numpy",
-                 "--dtype", "float64")
+    result = run("verify", "shufflenet_v1_g2_x0_5", "--size", "32", "40", "--batch", "1", "--taps",
+                 "--frameworks", "torch,numpy", "--dtype", "float64")
     assert result.returncode == 0, result.stderr
     for tap in ("stem", "stage2", "stage3", "stage4", "pre_logits", "logits"):
         assert f" {tap} " in result.stdout
@@ -37,11 +27,16 @@ def test_verify_taps_and_the_oracle():
 
 @pytest.mark.slow
 def test_verify_default_is_the_main_job():
-    """No arguments: shufflenet_v2_x1_0, torch/keras/flax, float32 and float64, 224x224."""
+    """No arguments: shufflenet_v2_x1_0, torch/keras/flax, float32 and float64, 224x224 — a table row for
+    every pair and dtype. (A second run of the same table on a smaller model proved nothing more: 25 s of
+    the TensorFlow run, most of it importing three frameworks and compiling in a fresh process.)"""
     result = run("verify")
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("shufflenet_v2_x1_0 ")]
-    assert len(rows) == 6 and "all pairs within bounds" in result.stdout
+    pairs = {" ".join(line.split()[2:5]) for line in rows}
+    assert pairs == {"torch vs keras[tensorflow]", "torch vs flax", "keras[tensorflow] vs flax"}
+    assert sorted(line.split()[1] for line in rows) == ["float32"] * 3 + ["float64"] * 3
+    assert all(line.rstrip().endswith("ok") for line in rows) and "all pairs within bounds" in result.stdout
 
 
 @pytest.mark.parametrize("args,message", [
