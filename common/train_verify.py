@@ -88,8 +88,7 @@ def _grouped(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], keys: Seq
 def run_train_step(framework: str, spec, weights, x_nchw, labels, dtype, lr, momentum, weight_decay,
                    freeze: bool) -> dict:
     backend = load_backend(framework)
-    model = backend.build(spec, dtype=dtype)
-    backend.load_weights(model, weights)
+    model = backend.build(spec, dtype=dtype, weights=weights)
     if freeze:
         backend.freeze_backbone(model)
     channels_last = backend.DATA_FORMAT != "channels_first"

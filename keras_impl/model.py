@@ -10,6 +10,7 @@ dataclasses only — nothing executable), so custom specs save and load under ``
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import keras
@@ -20,7 +21,7 @@ from common.errors import GroupnetsError, SpecError, UnknownModelError
 from common.registry import get_spec
 
 from .blocks import apply_node, network
-from .layers import keras_name
+from .layers import keras_name, placeholder_init
 
 SUPPORTED_DTYPES = ("float32", "float64")
 
@@ -240,9 +241,19 @@ def get_layer(model: keras.Model, path: str) -> keras.layers.Layer:
     return model.get_layer(keras_name(path))
 
 
-def build(node: object, dtype: str = "float32") -> GroupNet:
-    """A Keras model for any IR node: a leaf op, a ``Sequential``, a block, a ``Stage`` or a network."""
-    return GroupNet(node, dtype=dtype)
+def build(node: object, dtype: str = "float32",
+          weights: Mapping[str, np.ndarray] | None = None) -> GroupNet:
+    """A Keras model for any IR node: a leaf op, a ``Sequential``, a block, a ``Stage`` or a network.
+
+    ``weights`` (canonical names): loaded strictly, and no random initial values are drawn for them — a
+    mismatch raises and no model is returned."""
+    if weights is None:
+        return GroupNet(node, dtype=dtype)
+    from .weights import load_weights  # weights.py builds on the layers, not on this module
+    with placeholder_init():
+        model = GroupNet(node, dtype=dtype)
+    load_weights(model, weights)
+    return model
 
 
 def create_model(name: str | ir.NetworkSpec, num_classes: int = 1000, dtype: str = "float32") -> GroupNet:

@@ -64,6 +64,21 @@ def test_export_load_round_trip_is_bit_exact(framework, model):
         assert exported[key].dtype == value.dtype and np.array_equal(exported[key], value), key
 
 
+def test_build_with_weights_loads_them_strictly(framework):
+    """``build(node, dtype, weights=...)`` holds exactly those weights, refuses a mismatched set (nothing
+    returned), and the initial values it skips drawing (Keras) are still drawn by a plain build."""
+    backend = import_backend(framework)
+    spec = get_spec("shufflenet_v1_g3_x0_5")
+    weights = random_weights(spec, 3, "float32")
+    exported = backend.export_weights(backend.build(spec, dtype="float32", weights=weights))
+    assert list(exported) == list(weights) and all(np.array_equal(exported[k], weights[k]) for k in weights)
+    first = next(iter(weights))
+    with pytest.raises(WeightsMismatchError, match=first):
+        backend.build(spec, dtype="float32", weights={k: v for k, v in weights.items() if k != first})
+    drawn = backend.export_weights(backend.build(spec, dtype="float32"))
+    assert all(np.std(drawn[k]) > 0 for k in weights if k.endswith("weight") and weights[k].ndim == 4)
+
+
 @pytest.mark.parametrize("model", ("shufflenet_v2_x0_5", "shufflenet_v1_g2_x0_5", "resnext50_32x4d"))
 def test_round_trip_through_every_framework_is_bit_exact(model):
     weights = random_weights(get_spec(model), 4, "float32")

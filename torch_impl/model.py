@@ -8,6 +8,7 @@ IR node as ``.spec``.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Union
 
 import numpy as np
@@ -121,9 +122,16 @@ def _init_like_torchvision(model: nn.Module) -> None:
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
 
-def build(node: object, dtype: DTypeLike = "float32") -> nn.Module:
+def build(node: object, dtype: DTypeLike = "float32", weights: Mapping[str, object] | None = None) -> nn.Module:
     """The ``torch.nn`` module for **any** IR node (leaf op, ``Sequential``, block, ``Stage`` or
-    ``NetworkSpec``), with every parameter in ``dtype``. The module keeps ``node`` as ``.spec``."""
+    ``NetworkSpec``), with every parameter in ``dtype``. The module keeps ``node`` as ``.spec``.
+
+    ``weights`` (canonical names): loaded strictly — a mismatch raises and no module is returned."""
+    if weights is not None:
+        from .weights import load_weights
+        module = build(node, dtype)
+        load_weights(module, weights)
+        return module
     torch_dtype = resolve_dtype(dtype)
     children = [(name, build(child, torch_dtype)) for name, child in ir.children_of(node)]
     if isinstance(node, NetworkSpec):
