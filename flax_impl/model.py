@@ -71,7 +71,7 @@ class Network(Container):
         self.spec = spec
 
 
-def build(node: object, dtype: Any = "float32", rngs: nnx.Rngs | None = None,
+def build(node: object, dtype: Any = "float32", rngs: nnx.Rngs | None = None, *,
           weights: Mapping[str, np.ndarray] | None = None) -> nnx.Module:
     """A Flax NNX module for any IR node: a leaf op, ``Sequential``, block, ``Stage`` or ``NetworkSpec``.
 
@@ -91,9 +91,10 @@ def build(node: object, dtype: Any = "float32", rngs: nnx.Rngs | None = None,
     return build_node(node, dtype=dtype, rngs=rngs)
 
 
-def create_model(name: str | ir.NetworkSpec, num_classes: int = 1000, dtype: Any = "float32",
+def create_model(name: str | ir.NetworkSpec, num_classes: int | None = None, dtype: Any = "float32",
                  rngs: nnx.Rngs | None = None) -> Network:
-    """``build(get_spec(name, num_classes))``: a registered model name or a custom ``NetworkSpec``."""
+    """``build(get_spec(name, num_classes))``: a registered model name or a custom ``NetworkSpec``
+    (``num_classes=None``: 1000 for a name, the spec's own for a spec, as :func:`common.get_spec`)."""
     return build(get_spec(name, num_classes), dtype=dtype, rngs=rngs)
 
 

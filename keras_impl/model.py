@@ -241,7 +241,7 @@ def get_layer(model: keras.Model, path: str) -> keras.layers.Layer:
     return model.get_layer(keras_name(path))
 
 
-def build(node: object, dtype: str = "float32",
+def build(node: object, dtype: str = "float32", *,
           weights: Mapping[str, np.ndarray] | None = None) -> GroupNet:
     """A Keras model for any IR node: a leaf op, a ``Sequential``, a block, a ``Stage`` or a network.
 
@@ -256,6 +256,7 @@ def build(node: object, dtype: str = "float32",
     return model
 
 
-def create_model(name: str | ir.NetworkSpec, num_classes: int = 1000, dtype: str = "float32") -> GroupNet:
-    """``build(get_spec(name, num_classes), dtype)`` — a registered name or a custom ``NetworkSpec``."""
+def create_model(name: str | ir.NetworkSpec, num_classes: int | None = None, dtype: str = "float32") -> GroupNet:
+    """``build(get_spec(name, num_classes), dtype)`` — a registered name or a custom ``NetworkSpec``
+    (``num_classes=None``: 1000 for a name, the spec's own for a spec, as :func:`common.get_spec`)."""
     return build(get_spec(name, num_classes), dtype)

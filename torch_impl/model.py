@@ -122,7 +122,7 @@ def _init_like_torchvision(model: nn.Module) -> None:
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
 
-def build(node: object, dtype: DTypeLike = "float32", weights: Mapping[str, object] | None = None) -> nn.Module:
+def build(node: object, dtype: DTypeLike = "float32", *, weights: Mapping[str, object] | None = None) -> nn.Module:
     """The ``torch.nn`` module for **any** IR node (leaf op, ``Sequential``, block, ``Stage`` or
     ``NetworkSpec``), with every parameter in ``dtype``. The module keeps ``node`` as ``.spec``.
 
@@ -155,6 +155,4 @@ def create_model(name: str | NetworkSpec, num_classes: int | None = None, dtype:
     ``num_classes=None`` means 1000 for a name and the spec's own ``fc`` for a ``NetworkSpec``, so a
     10-class spec is not silently re-headed to 1000 classes (as ``common.verify`` treats specs).
     """
-    if num_classes is None:
-        num_classes = name.num_classes if isinstance(name, NetworkSpec) else 1000
     return build(get_spec(name, num_classes), dtype)
