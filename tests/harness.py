@@ -207,7 +207,7 @@ def train_spec(model: str):
 #: pre-activation lies within float32 rounding of 0, float32 and float64 (and any two float32
 #: implementations) route that element's gradient differently. With seed 3 this happens even for torch
 #: float32 vs torch float64 (input gradient 2.3e-2); seed 0 has no such element (torch f32 vs f64
-#: <= 7.6e-6), so it tests the implementations, not the kink lottery. See README "Training mode".
+#: <= 7.6e-6), so it tests the implementations, not the kink lottery. See docs/equivalence.md, "Training mode".
 TRAIN_SEED = 0
 
 

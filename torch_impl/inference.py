@@ -3,7 +3,7 @@ TorchScript — what ONNX Runtime does to the same graph, done in PyTorch.
 
 ``optimize_for_inference(model)`` returns a *new* module for inference only; the model it came from (its
 parameters, ``state_dict``, porting) is untouched and keeps training as before. Which variant is
-recommended comes from ``benchmarks/inference.py`` (README table), not from guesses.
+recommended comes from ``benchmarks/inference.py`` (docs/performance.md table), not from guesses.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ MODES = ("auto", "eager", "script", "compile")
 def recommended_mode(spec: NetworkSpec) -> str:
     """``"script"`` unless the network has grouped (not depthwise) 1x1 convs — ShuffleNet V1 — whose
     oneDNN kernels in the frozen graph ran slower than eager PyTorch's: V1 g3 at 224, batch 32, 325 vs
-    180 ms; batch 1, 8.7 vs 7.1 ms. V2 and ResNeXt gain from the script (README "Fast inference")."""
+    180 ms; batch 1, 8.7 vs 7.1 ms. V2 and ResNeXt gain from the script (docs/performance.md)."""
     grouped_pointwise = any(isinstance(op, ir.Conv2d) and op.kernel_size == 1 and op.groups > 1
                             and not op.is_depthwise for _, op in ir.iter_leaves(spec))
     return "eager" if grouped_pointwise else "script"

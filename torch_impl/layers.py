@@ -23,7 +23,7 @@ def channel_shuffle(x: torch.Tensor, groups: int, convention: str = "paper") -> 
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         # Same permutation on the NHWC storage, so the result stays channels-last: the NCHW recipe
         # below would write an NCHW tensor, and every later op would pay a layout conversion
-        # (ShuffleNet V1 g3, batch 32: 200 -> see README "Fast inference").
+        # (ShuffleNet V1 g3, batch 32: 200 -> see docs/performance.md).
         nhwc = x.permute(0, 2, 3, 1)
         return nhwc.unflatten(3, (a, b)).transpose(3, 4).flatten(3, 4).permute(0, 3, 1, 2)
     return x.unflatten(1, (a, b)).transpose(1, 2).flatten(1, 2)
