@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-
 import math
 from collections.abc import Sequence
 
