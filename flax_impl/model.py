@@ -15,6 +15,7 @@ from common.registry import get_spec
 
 from .blocks import Container, build_node
 from .layers import build_leaf, resolve_dtype
+from .weights import load_weights
 
 
 class Network(Container):
@@ -79,7 +80,6 @@ def build(node: object, dtype: Any = "float32", rngs: nnx.Rngs | None = None, *,
     loaded strictly — a mismatch raises and no module is returned.
     """
     if weights is not None:
-        from .weights import load_weights
         module = build(node, dtype, rngs)
         load_weights(module, weights)
         return module

@@ -22,6 +22,7 @@ from common.registry import get_spec
 
 from .blocks import apply_node, network
 from .layers import keras_name, placeholder_init
+from .weights import load_weights
 
 SUPPORTED_DTYPES = ("float32", "float64")
 
@@ -249,7 +250,6 @@ def build(node: object, dtype: str = "float32", *,
     mismatch raises and no model is returned."""
     if weights is None:
         return GroupNet(node, dtype=dtype)
-    from .weights import load_weights  # weights.py builds on the layers, not on this module
     with placeholder_init():
         model = GroupNet(node, dtype=dtype)
     load_weights(model, weights)

@@ -22,6 +22,7 @@ from common.registry import get_spec
 
 from .blocks import Bottleneck, ShuffleV1Block, ShuffleV2Block
 from .layers import build_leaf
+from .weights import load_weights
 
 DTypeLike = Union[str, torch.dtype, np.dtype, type]
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -128,7 +129,6 @@ def build(node: object, dtype: DTypeLike = "float32", *, weights: Mapping[str, o
 
     ``weights`` (canonical names): loaded strictly — a mismatch raises and no module is returned."""
     if weights is not None:
-        from .weights import load_weights
         module = build(node, dtype)
         load_weights(module, weights)
         return module
