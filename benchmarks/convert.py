@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from common import get_spec, random_weights
-    from common.convert import write_weights
+    from common.files.convert import write_weights
 
     spec = get_spec(args.model)
     weights = random_weights(spec, 0, "float32", calibrate=False)

@@ -37,7 +37,7 @@ Shape = tuple[int, int, int, int, int, int]  # (in channels, out channels, group
 def grouped_pointwise_shapes(model: str, size: int) -> Counter:
     """Every grouped 1x1 conv of ``model`` at a ``size`` x ``size`` input: ``{shape: times it runs}``."""
     from common import get_spec, ir
-    from common.summary import trace
+    from common.spec.summary import trace
 
     found: Counter = Counter()
 
@@ -100,7 +100,7 @@ def time_backend(backend: str, shape: Shape, batch: int, threads: int, warmup: i
         return median_seconds(run, warmup, repeats) * 1e3
     if backend in ("xla", "xla_lax"):
         import jax
-        from common import ir
+        from common.spec import ir
         from flax_impl.layers import conv2d, conv_path
 
         op = ir.Conv2d(cin, cout, 1, stride, 0, groups)

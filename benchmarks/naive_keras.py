@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from common import ir
+from common.spec import ir
 
 
 def _grouped_conv(x, op: ir.Conv2d):

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         source = args.weights
     else:
         weights = common.random_weights(common.get_spec(MODEL), seed=0)
-        source = "common.random_weights (seed 0)"
+        source = "common.check.random (seed 0)"
     # 0-d num_batches_tracked saved as shape (1,) by older groupnets safetensors writers
     weights = {k: (v.reshape(()) if k.endswith("num_batches_tracked") and v.shape == (1,) else v)
                for k, v in weights.items()}

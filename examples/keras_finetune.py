@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         source = args.weights
     else:
         weights = common.random_weights(common.get_spec(MODEL), seed=0)
-        source = "common.random_weights (seed 0)"
+        source = "common.check.random (seed 0)"
 
     num_classes = 10
     keras.utils.set_random_seed(0)  # the fresh fc's initial values (Keras' default initializers)

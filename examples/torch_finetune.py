@@ -3,7 +3,7 @@
     python examples/torch_finetune.py                      # random "pretrained" weights
     python examples/torch_finetune.py weights.safetensors  # canonical weights, e.g. from `groupnets convert`
 
-1. take 1000-class canonical weights (a file, or ``common.random_weights`` standing in for ImageNet ones);
+1. take 1000-class canonical weights (a file, or ``common.check.random`` standing in for ImageNet ones);
 2. drop the tensors whose shapes cannot fit a 10-class model (the old classifier) and load the rest with
    ``strict=False`` — the report lists what was skipped;
 3. ``freeze_backbone``: only ``fc`` trains, backbone BatchNorm stays in inference mode;

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from common import ir
 from common.errors import SpecError
+from common.spec import ir
 
 from .layers import (BatchNorm2d, Conv2d, build_leaf, channel_shuffle, channel_split, check_conv_impl, conv_bn,
                      resolve_dtype)

@@ -1,4 +1,4 @@
-"""NumPy in, NumPy out: the eval-mode forward ``common.verify`` and the CLI call."""
+"""NumPy in, NumPy out: the eval-mode forward ``common.check.verify`` and the CLI call."""
 
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
-"""Flax weight files (``.msgpack``) ⇄ canonical NumPy weights, for :mod:`common.convert`.
+"""Flax weight files (``.msgpack``) ⇄ canonical NumPy weights, for :mod:`common.files.convert`.
 
 A file is ``flax.serialization.msgpack_serialize`` of one pure dict (msgpack, never pickle)::
 
     {"format": "groupnets-flax/1",
-     "metadata": {str: str},               # "model", "num_classes", ... as common.convert passes them
+     "metadata": {str: str},               # "model", "num_classes", ... as common.files.convert passes them
      "state": {"stage2": {"0": {"branch2": {"0": {"kernel": ndarray, ...}}}}, ...}}
 
-``state`` mirrors ``nnx.state(model)``: the framework keys of ``common.porting.framework_shapes(spec,
+``state`` mirrors ``nnx.state(model)``: the framework keys of ``common.weights.porting.framework_shapes(spec,
 "flax")`` split on ``"."`` (HWIO kernels, ``(in, out)`` dense kernels, ``scale`` / ``bias`` / ``mean`` /
 ``var`` / ``num_batches_tracked``). So ``nnx.update(model, nnx.State(restored["state"]))`` — or
 ``flax_impl.load_weights`` on what :func:`read_file` returns — restores a model. Floats keep the dtype
@@ -26,10 +26,10 @@ import numpy as np
 from flax import serialization
 
 from common.errors import GroupnetsError, WeightsFileError, first_line
-from common.ir import NetworkSpec
-from common.params import canonical_params
-from common.porting import check_weights, framework_key, framework_shapes, to_canonical, to_framework
-from common.registry import get_spec
+from common.spec.ir import NetworkSpec
+from common.spec.params import canonical_params
+from common.spec.registry import get_spec
+from common.weights.porting import check_weights, framework_key, framework_shapes, to_canonical, to_framework
 
 FORMAT_VERSION = "groupnets-flax/1"
 FLAX_FORMATS = ("flax",)
@@ -79,7 +79,7 @@ def write_file(path: str | os.PathLike, weights: Mapping[str, np.ndarray], spec:
     """Write canonical ``weights`` for ``spec`` to exactly ``path`` as a groupnets Flax msgpack file.
 
     The weights are checked strictly against ``spec`` and mapped to Flax keys/layouts by
-    ``common.porting.to_framework`` (no model is built). ``metadata`` is stored as strings, with ``model`` and
+    ``common.weights.porting.to_framework`` (no model is built). ``metadata`` is stored as strings, with ``model`` and
     ``num_classes`` always ``spec``'s so the file is self-describing. ``spec=None`` takes the
     architecture from ``metadata["model"]`` / ``metadata["num_classes"]``.
     """
@@ -208,7 +208,7 @@ def read_file(path: str | os.PathLike, fmt: str, spec: NetworkSpec | None
     """A groupnets ``.msgpack`` file → ``(canonical weights, metadata)``, never unpickling anything.
 
     ``spec`` may be ``None``: the file records ``model`` and ``num_classes``. A given ``spec`` whose class
-    count differs from the file's is re-sized to it (``common.convert`` passes the 1000-class spec and
+    count differs from the file's is re-sized to it (``common.files.convert`` passes the 1000-class spec and
     checks the recorded model name itself). If the recorded model differs from ``spec``'s and names a
     registered architecture, that one is used to decode the file, so the caller's "holds weights for X,
     not Y" check can speak. Errors are :class:`WeightsFileError` naming the file: corrupt, truncated,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common.ir import NetworkSpec
+from common.spec.ir import NetworkSpec
 
 from .blocks import iter_modules
 from .bridge import model_dtype

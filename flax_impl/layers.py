@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common import ir
-from common.shuffle import check_shuffle, shuffle_view
-from common.xla_cpu import split_groups, use_taps
+from common.runtime.xla_cpu import split_groups, use_taps
+from common.spec import ir
+from common.spec.shuffle import check_shuffle, shuffle_view
 
 #: Full-precision matmuls / convs: on GPU/TPU the default float32 precision may use TF32/bfloat16 passes,
 #: which would break the 1e-5 cross-framework tolerance. On CPU this is what XLA does anyway.
@@ -88,7 +88,7 @@ def zeros_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32)
 
 # ----------------------------------------------------------------------------- tensor functions
 def channel_shuffle(x: jax.Array, groups: int, convention: str = "paper") -> jax.Array:
-    """Permute the channels of an NHWC tensor (``common/shuffle.py``).
+    """Permute the channels of an NHWC tensor (``common/spec/shuffle.py``).
 
     ``"paper"``: view channels as ``(g, C/g)``, swap, flatten; ``"inverse"``: view as ``(C/g, g)``.
     Raises ``ValueError`` (``SpecError``) for a bad convention or channels not divisible by ``groups``.
@@ -142,7 +142,7 @@ def conv_path(op: ir.Conv2d, impl: str = "auto", dtype: Any = "float32") -> str:
     (10-40x on depthwise, 2-6x on 4/8-channel groups); wider groups → one dense conv per group,
     concatenated (3-7x). The 7x7 stem stays on lax. In float64 a grouped conv is never split: XLA
     compiles each float64 op to its own loop, so splitting costs the group count in compile time
-    (``common.xla_cpu.split_groups``).
+    (``common.runtime.xla_cpu.split_groups``).
     """
     if check_conv_impl(impl) == "lax":
         return "lax"
@@ -310,7 +310,7 @@ def conv_grouped_matmul(x: jax.Array, kernel: jax.Array, stride: int, groups: in
 
 # -------------------------------------------------------------------------------------- modules
 class Conv2d(nnx.Conv):
-    """``nnx.Conv`` built from an IR :class:`~common.ir.Conv2d`: kernel ``(k, k, in/groups, out)``.
+    """``nnx.Conv`` built from an IR :class:`~common.spec.ir.Conv2d`: kernel ``(k, k, in/groups, out)``.
 
     Depthwise convs (``groups == in_channels``) are the same module with ``feature_group_count=C``
     (kernel ``(k, k, 1, C·mult)``), which is what the porting table expects.
@@ -505,7 +505,7 @@ class ChannelShuffle(nnx.Module):
 
 
 class Linear(nnx.Linear):
-    """``nnx.Linear`` from an IR :class:`~common.ir.Linear`: kernel ``(in, out)`` = canonical ``weight.T``."""
+    """``nnx.Linear`` from an IR :class:`~common.spec.ir.Linear`: kernel ``(in, out)`` = canonical ``weight.T``."""
 
     def __init__(self, op: ir.Linear, *, dtype: Any = "float32", rngs: nnx.Rngs) -> None:
         dtype = resolve_dtype(dtype)

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common import ir
-from common.registry import get_spec
+from common.spec import ir
+from common.spec.registry import get_spec
 
 from .blocks import Container, build_node
 from .layers import build_leaf, resolve_dtype

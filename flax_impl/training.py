@@ -19,10 +19,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from common.ir import NetworkSpec
-from common.porting import to_canonical
+from common.spec.ir import NetworkSpec
+from common.weights.porting import to_canonical
 
-from common.labels import check_labels, check_step_hyperparameters
+from common.runtime.checks import check_labels, check_step_hyperparameters
 
 from .bridge import _modes, model_dtype
 from .layers import from_host

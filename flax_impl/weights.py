@@ -1,8 +1,8 @@
-"""Canonical weights ⇄ a Flax NNX model, through ``common.porting`` (names and layouts decided there).
+"""Canonical weights ⇄ a Flax NNX model, through ``common.weights.porting`` (names and layouts decided there).
 
 The raw (Flax-named) view of a model is ``{".".join(state path): array}`` over ``nnx.state(model)``;
 thanks to the naming in :mod:`flax_impl.blocks` those keys are exactly
-``common.porting.framework_shapes(model.spec, "flax")``.
+``common.weights.porting.framework_shapes(model.spec, "flax")``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 from flax import nnx
 
 from common.errors import WeightsMismatchError
-from common.params import canonical_params, node_name
-from common.porting import LoadReport, to_canonical, to_framework
+from common.spec.params import canonical_params, node_name
+from common.weights.porting import LoadReport, to_canonical, to_framework
 
 from .layers import from_host
 
@@ -42,9 +42,9 @@ def export_weights(model: nnx.Module) -> dict[str, np.ndarray]:
 def load_weights(model: nnx.Module, weights: Mapping[str, np.ndarray], strict: bool = True) -> LoadReport:
     """Assign canonical ``weights`` to ``model``; floats are cast to the model's dtype.
 
-    Everything is validated first (keys, shapes and dtypes by ``common.porting.to_framework``; then that
+    Everything is validated first (keys, shapes and dtypes by ``common.weights.porting.to_framework``; then that
     counters fit the model's integer type), and only then assigned, so a failed load changes nothing.
-    Returns the :class:`~common.porting.LoadReport` (missing / unexpected keys of a non-strict load).
+    Returns the :class:`~common.weights.porting.LoadReport` (missing / unexpected keys of a non-strict load).
     """
     framework, report = to_framework(model.spec, "flax", weights, strict=strict)
     variables = model_variables(model)

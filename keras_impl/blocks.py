@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import keras
 
-from common import ir
+from common.spec import ir
 
 from .layers import ChannelShuffle, ChannelSplit, GlobalMeanPooling2D, apply_layers, keras_name, leaf_layers
 

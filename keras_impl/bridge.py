@@ -11,7 +11,7 @@ import weakref
 import keras
 import numpy as np
 
-from common import ir
+from common.spec import ir
 
 _TAPS_MODELS: "weakref.WeakKeyDictionary[keras.Model, keras.Model]" = weakref.WeakKeyDictionary()
 

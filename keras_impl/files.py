@@ -1,6 +1,6 @@
-"""Keras weight files ⇄ canonical NumPy weights, for :mod:`common.convert` — read and written directly.
+"""Keras weight files ⇄ canonical NumPy weights, for :mod:`common.files.convert` — read and written directly.
 
-Two formats (``common.convert.FORMATS``):
+Two formats (``common.files.convert.FORMATS``):
 
 * ``"keras-weights"`` — ``.weights.h5``, exactly as ``model.save_weights`` writes it and
   ``model.load_weights`` reads it: one HDF5 group per layer, keyed by layer *class* + counter in
@@ -42,11 +42,12 @@ import keras
 import numpy as np
 
 from common.errors import GroupnetsError, WeightsFileError, first_line
-from common.ir import NetworkSpec
-from common.params import ParamInfo, canonical_params
-from common.porting import PORTING_TABLE, check_weights, layer_kind
-from common.registry import get_spec
-from common.weights_io import atomic_output, check_readable_file
+from common.spec.ir import NetworkSpec
+from common.spec.params import ParamInfo, canonical_params
+from common.spec.registry import get_spec
+from common.weights.files import atomic_output, check_readable_file
+from common.weights.heads import infer_num_classes
+from common.weights.porting import PORTING_TABLE, check_weights, layer_kind
 
 from .h5_layout import H5Layout, keras_layout
 from .model import SUPPORTED_DTYPES, GroupNet, spec_from_model_config
@@ -203,14 +204,12 @@ def _datasets(handle: h5py.File) -> tuple[dict[str, h5py.Dataset], list[str]]:
 
 def _with_file_classes(spec: object, layout: H5Layout, found: Mapping[str, h5py.Dataset]) -> object:
     """``spec`` re-headed to the file's number of classes, like the other readers (``fc`` is not part of
-    the architecture's name; ``common.convert`` passes the registered 1000-class spec)."""
+    the architecture's name; ``common.files.convert`` passes the registered 1000-class spec)."""
     if not isinstance(spec, NetworkSpec):
         return spec
-    path = next((p for p, key in layout.datasets.items() if key == "fc.weight"), None)
-    kernel = found.get(path)
-    if kernel is None or kernel.ndim != 2 or kernel.shape[1] in (spec.num_classes, 0):
-        return spec
-    return get_spec(spec, int(kernel.shape[1]))
+    stored = {key: found[path] for path, key in layout.datasets.items() if path in found}
+    classes = infer_num_classes(stored, axis=1)  # a Dense kernel is (features, classes)
+    return spec if classes in (None, 0, spec.num_classes) else get_spec(spec, classes)
 
 
 def _read_h5(handle: h5py.File, source: Path, spec: object, what: str, infer_classes: bool

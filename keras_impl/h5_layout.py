@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import keras
 
-from common import ir
-from common.params import leaf_params
+from common.spec import ir
+from common.spec.params import leaf_params
 
 from .blocks import _name, keras_path
 from .layers import ChannelShuffle, ChannelSplit, GlobalMeanPooling2D, leaf_layers, weight_layer_name

@@ -4,7 +4,7 @@
   (as an ONNX Runtime session holds its initializers). ``predict_on_batch`` passes every variable as an
   argument on every call; measured in one process, interleaved: ShuffleNet V2 x1.0 at batch 1
   5.8 → 4.5 ms, ResNeXt-50 69 → 64 ms. Every eval BatchNorm that directly follows a conv is folded into
-  it (``common.fusion``, in float64, at creation): the walk calls the conv with the folded kernel plus a
+  it (``common.spec.fusion``, in float64, at creation): the walk calls the conv with the folded kernel plus a
   bias and skips the BatchNorm layer, as ONNX Runtime does at load time.
 * TensorFlow: ``tf.function(jit_compile=True)`` (XLA) reading the model's variables.
 * torch: the model's forward under ``torch.inference_mode()`` (no graph compiler is used).
@@ -21,8 +21,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from common.fusion import conv_bn_pairs, fold_batch_norm
-from common.ir import NetworkSpec
+from common.spec.fusion import conv_bn_pairs, fold_batch_norm
+from common.spec.ir import NetworkSpec
 
 from .layers import Conv2D, DepthwiseConv2D
 from .model import get_layer

@@ -16,9 +16,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from common import ir
-from common.shuffle import CONVENTIONS
-from common.xla_cpu import split_groups, use_taps
+from common.runtime.xla_cpu import split_groups, use_taps
+from common.spec import ir
+from common.spec.shuffle import CONVENTIONS
 
 _REGISTER = keras.saving.register_keras_serializable(package="groupnets")
 
@@ -53,7 +53,7 @@ def _static_channels(x) -> int | None:
 
 
 def channel_shuffle(x, groups: int, convention: str = "paper"):
-    """Channel shuffle of an NHWC (any rank, channels last) tensor; see :mod:`common.shuffle`.
+    """Channel shuffle of an NHWC (any rank, channels last) tensor; see :mod:`common.spec.shuffle`.
 
     ``"paper"``: view channels as ``(g, C/g)``, swap, flatten; ``"inverse"``: view as ``(C/g, g)``.
     On a symbolic ``KerasTensor`` this returns the :class:`ChannelShuffle` layer's output, so it can
@@ -312,9 +312,9 @@ class TorchBatchNormalization(keras.layers.BatchNormalization):
 # | k x k, groups>1      | per-group convs (8x)| per-group convs (2-4x)              | NCHW view conv (3x)  |
 #
 # Under XLA in float64 a grouped conv is one XLA conv, never per-group ops: XLA CPU compiles every float64
-# op to its own loop, so splitting multiplies compile time by the group count (``common.xla_cpu``).
+# op to its own loop, so splitting multiplies compile time by the group count (``common.runtime.xla_cpu``).
 #
-# Shifted multiply-adds (``common.xla_cpu``): ResNeXt-50 stage 1 at batch 32, 150 → 59 ms per conv; whole
+# Shifted multiply-adds (``common.runtime.xla_cpu``): ResNeXt-50 stage 1 at batch 32, 150 → 59 ms per conv; whole
 # network (Keras JAX inference, same process) 2255 → 1900 ms, batch 1 63 → 54 ms; ShuffleNet V2's 3x3
 # stem as taps instead of im2col: 112 → 90 ms at batch 32. Taps are read through stride² phases
 # (:func:`_windows`), never strided or bare slices: a bare slice let XLA fuse the producer (bias + ReLU +
@@ -458,7 +458,7 @@ class Conv2D(keras.layers.Conv2D):
             if g == 1 and cin_g <= 4 and kh * kw >= 25:  # big-kernel stem on 3 channels: NCHW copy wins
                 return super().convolution_op(inputs, kernel)
             return _nchw_view_conv(inputs, kernel, strides)
-        # float64 under XLA: one grouped conv, never one op per group (common.xla_cpu.split_groups)
+        # float64 under XLA: one grouped conv, never one op per group (common.runtime.xla_cpu.split_groups)
         one_grouped_conv = g > 1 and not split_groups(self.compute_dtype) and _uses_xla(inputs)
         if (kh, kw) == (1, 1):
             x = inputs if strides == (1, 1) else inputs[:, ::strides[0], ::strides[1], :]

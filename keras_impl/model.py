@@ -16,9 +16,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from common import ir
 from common.errors import GroupnetsError, SpecError, UnknownModelError
-from common.registry import get_spec
+from common.spec import ir
+from common.spec.registry import get_spec
 
 from .blocks import apply_node, network
 from .layers import keras_name, placeholder_init
@@ -76,7 +76,7 @@ def spec_to_config(node: object) -> Any:
 
 
 def spec_from_config(data: Any) -> Any:
-    """Inverse of :func:`spec_to_config`; only the IR dataclasses of :mod:`common.ir` can be created."""
+    """Inverse of :func:`spec_to_config`; only the IR dataclasses of :mod:`common.spec.ir` can be created."""
     if isinstance(data, dict):
         fields = dict(data)
         kind = fields.pop("__ir__", None)
@@ -133,7 +133,7 @@ def input_channels(node: object) -> int | None:
 class GroupNet(keras.Model):
     """A functional Keras model built from any groupnets IR node, keeping it as ``self.spec``.
 
-    For a :class:`~common.ir.NetworkSpec` the output is the logits ``(N, num_classes)``; the per-stage
+    For a :class:`~common.spec.ir.NetworkSpec` the output is the logits ``(N, num_classes)``; the per-stage
     taps (``stem``, stages, ``pre_logits``, ``logits``) are the tensors in :attr:`tap_tensors`.
     """
 

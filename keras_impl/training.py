@@ -17,9 +17,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from common.ir import NetworkSpec
-from common.labels import check_labels, check_step_hyperparameters
-from common.porting import to_canonical
+from common.runtime.checks import check_labels, check_step_hyperparameters
+from common.spec.ir import NetworkSpec
+from common.weights.porting import to_canonical
 
 from . import _autodiff
 from .weights import keras_variables

@@ -12,8 +12,8 @@ from __future__ import annotations
 import keras
 
 from common.errors import GroupnetsError
-from common.ir import NetworkSpec
-from common.registry import get_spec
+from common.spec.ir import NetworkSpec
+from common.spec.registry import get_spec
 
 from .layers import keras_name
 from .model import GroupNet

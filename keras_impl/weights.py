@@ -1,4 +1,4 @@
-"""Canonical weights ⇄ Keras variables, through :mod:`common.porting` (names and layouts live there).
+"""Canonical weights ⇄ Keras variables, through :mod:`common.weights.porting` (names and layouts live there).
 
 The Keras key of a tensor is ``"{canonical layer path}.{variable name}"`` (just the variable name for a
 bare primitive). Layer *names* may differ from the canonical path on the torch backend (no dots
@@ -12,15 +12,15 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
-from common import ir
-from common.params import leaf_params
-from common.porting import LoadReport, to_canonical, to_framework
+from common.spec import ir
+from common.spec.params import leaf_params
+from common.weights.porting import LoadReport, to_canonical, to_framework
 
 from .layers import weight_layer_name
 
 
 def keras_variables(model: keras.Model) -> dict[str, keras.Variable]:
-    """Every weight of ``model`` by its Keras framework key (``common.porting.framework_shapes`` keys)."""
+    """Every weight of ``model`` by its Keras framework key (``common.weights.porting.framework_shapes`` keys)."""
     by_name = {layer.name: layer for layer in model.layers}
     out: dict[str, keras.Variable] = {}
     for path, op in ir.iter_leaves(model.spec):

@@ -1,6 +1,6 @@
 """Test helpers: run one IR node in one framework, on shared weights and input, computed once per run.
 
-Outputs come back NCHW / float64 via ``common.verify.run_framework`` — the same path users' verify
+Outputs come back NCHW / float64 via ``common.check.verify.run_framework`` — the same path users' verify
 takes, so the tests exercise the product, not a test-only copy of it. Whole-network and training results
 go through :mod:`store`: each is computed once per run of the suite and shared by the workers and the
 Keras re-runs, so a pair test costs a comparison, not two forward passes.
@@ -21,7 +21,7 @@ import numpy as np
 
 import store
 from common import get_spec, random_input, random_weights
-from common.verify import BOUNDS, compare, run_framework
+from common.check.verify import BOUNDS, compare, run_framework
 
 #: The order ``.ci/test`` runs the Keras backends in (the first is also the main run's).
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
@@ -175,7 +175,7 @@ def native_layout(framework: str, x_nchw: np.ndarray) -> np.ndarray:
     return x_nchw if framework == "torch" else x_nchw.transpose(0, 2, 3, 1)
 
 
-TRAIN_SHAPE = (4, 3, 128, 128)  # every BN sees >= 64 values per channel (see common.train_verify)
+TRAIN_SHAPE = (4, 3, 128, 128)  # every BN sees >= 64 values per channel (see common.check.train_verify)
 
 
 #: The training problems: one network per family, 10 classes, holding every block kind of its family —
@@ -214,7 +214,7 @@ TRAIN_SEED = 0
 def train_outputs(framework: str, model: str, dtype: str, freeze: bool = False) -> dict:
     """One ``train_step_numpy`` (lr 0.1, momentum 0.9, weight decay 1e-4) on shared weights / data, run by
     one party (``"keras"`` = this process's Keras backend), once per run."""
-    from common.train_verify import run_train_step, train_inputs
+    from common.check.train_verify import run_train_step, train_inputs
     party = _party(framework)
     key = ("train", party, model, dtype, freeze, TRAIN_SEED, TRAIN_SHAPE)
 

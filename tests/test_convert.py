@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from common import GroupnetsError, WeightsFileError, WeightsMismatchError, get_spec, list_models, random_weights
-from common.convert import FORMATS, convert, read_weights, write_weights
-from common.porting import without_head
+from common.files.convert import FORMATS, convert, read_weights, write_weights
+from common.weights.porting import without_head
 from conftest import import_backend
 
 MODEL = "shufflenet_v2_x0_5"
@@ -285,7 +285,7 @@ def test_keras_files_are_exactly_what_keras_writes_and_reads(tmp_path, model, dt
 @pytest.mark.parametrize("model", list_models())
 def test_keras_layout_places_every_tensor_once(model):
     from keras_impl.h5_layout import keras_layout
-    from common.params import canonical_params
+    from common.spec.params import canonical_params
     layout = keras_layout(get_spec(model))
     assert sorted(layout.datasets.values()) == sorted(canonical_params(get_spec(model)))
     groups = [entry.group for entry in layout.layers]

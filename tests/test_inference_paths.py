@@ -1,6 +1,6 @@
 """Deployment paths compute the same function: torch_impl's ``optimize_for_inference`` (BatchNorm folded,
 channels-last, frozen TorchScript) and the ONNX export run by ONNX Runtime, each against the float64 NumPy
-oracle under the same bounds as every framework (``common.verify.BOUNDS``), on batch and spatial sizes
+oracle under the same bounds as every framework (``common.check.verify.BOUNDS``), on batch and spatial sizes
 other than the ones traced with."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 
 import store
 from common import get_spec, ir, list_models, random_input
-from common.fusion import conv_bn_pairs
-from common.verify import BOUNDS, compare
+from common.check.verify import BOUNDS, compare
+from common.spec.fusion import conv_bn_pairs
 from conftest import import_backend
 from harness import FULL, network_outputs, network_weights
 
@@ -34,7 +34,7 @@ SECOND_SIZE_MODELS = FAMILY_MODELS if FULL else ("shufflenet_v2_x1_0",)
 def _conv_paths(model: str) -> set[tuple]:
     """(kernel, stride, grouped, depthwise, Flax / Keras-on-XLA formulation in float32 and in float64) of
     every conv of ``model``."""
-    from flax_impl.layers import conv_path  # the rules of common.xla_cpu, which keras_impl applies too
+    from flax_impl.layers import conv_path  # the rules of common.runtime.xla_cpu, which keras_impl applies too
     return {(op.kernel_size, op.stride, op.groups > 1, op.groups == op.in_channels,
              conv_path(op, "auto", "float32"), conv_path(op, "auto", "float64"))
             for _, op in ir.iter_leaves(get_spec(model)) if isinstance(op, ir.Conv2d)}

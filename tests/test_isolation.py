@@ -65,3 +65,91 @@ def test_importing_a_backend_loads_no_other_framework(package, forbidden):
     code = (f"import sys, {package}; bad = [m for m in {forbidden!r} if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
+
+
+#: ``common``'s layers, bottom to top, with the backends in between: a module imports only from its own
+#: layer and the ones before it (``common/__init__.py`` and ``_moved.py`` are the facade over all).
+LAYERS = ("errors", "spec", "weights", "runtime", "backends", "check", "files", "cli")
+BACKENDS = ("torch_impl", "keras_impl", "flax_impl")
+
+
+def _layer(module: str) -> str | None:
+    """The layer of a dotted module name (``common.check.verify`` → ``check``); None for outside modules."""
+    parts = module.split(".")
+    if parts[0] in BACKENDS:
+        return "backends"
+    if parts[0] != "common" or len(parts) == 1 or parts[1] in ("_moved",):
+        return None if parts[0] != "common" else "facade"
+    return parts[1] if parts[1] in LAYERS else "facade"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """The project modules ``path`` imports, at module level or inside functions, as absolute names
+    (``from . import ir`` imports ``<package>.ir``; ``from .x import f`` imports ``<package>.x``)."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                prefix = ".".join(base + ([node.module] if node.module else []))
+            else:
+                prefix = node.module
+            submodules = {f"{prefix}.{alias.name}" for alias in node.names} & modules
+            found.update(submodules or {prefix})
+    return found & modules
+
+
+def _graph() -> dict[str, set[str]]:
+    paths = {_module_name(p): p for package in ("common", *BACKENDS) for p in (ROOT / package).rglob("*.py")}
+    return {name: _imports(path, set(paths)) for name, path in paths.items()}
+
+
+def test_imports_go_one_way_through_the_layers():
+    offenders = []
+    for module, imported in _graph().items():
+        layer = _layer(module)
+        for target in imported:
+            target_layer = _layer(target)
+            if layer == "facade" or target_layer is None:
+                continue
+            if target_layer == "facade" or LAYERS.index(target_layer) > LAYERS.index(layer):
+                offenders.append(f"{module} ({layer}) imports {target} ({target_layer})")
+    assert not offenders, "\n".join(sorted(offenders))
+
+
+def test_no_import_cycle():
+    graph = _graph()
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path + [node, nxt]
+            if nxt not in state and (cycle := visit(nxt, path + [node])):
+                return cycle
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start, [])):
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+
+
+def test_old_module_paths_forward_with_a_warning():
+    code = ("import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
+            "try:\n    from common.verify import verify\nexcept DeprecationWarning as w:\n    print(w)\n"
+            "warnings.simplefilter('ignore', DeprecationWarning)\n"
+            "from common.verify import verify; from common.check.verify import verify as new\n"
+            "from common.labels import random_labels, check_labels; assert verify is new")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
+    assert "common.verify moved to common.check.verify" in out.stdout

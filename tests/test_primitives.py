@@ -9,10 +9,10 @@ from hypothesis import given, seed
 from hypothesis import strategies as st
 
 from common import SpecError, ir, random_input, random_weights
-from common.oracle import channel_shuffle as oracle_shuffle
-from common.oracle import channel_split as oracle_split
-from common.primitives import depthwise_conv, depthwise_separable_conv, grouped_conv
-from common.verify import BOUNDS, compare, run_framework
+from common.check.oracle import channel_shuffle as oracle_shuffle
+from common.check.oracle import channel_split as oracle_split
+from common.check.verify import BOUNDS, compare, run_framework
+from common.spec.primitives import depthwise_conv, depthwise_separable_conv, grouped_conv
 from harness import native_layout, primitive_output, to_numpy, to_tensor
 from conftest import FRAMEWORKS, import_backend
 
@@ -96,7 +96,7 @@ def test_stride2_padding_is_symmetric(framework):
     x = random_input((1, 4, 8, 8), 4, "float64")
     ours = run_framework(framework, node, weights, x, "float64")["output"]
     padded = np.pad(x, ((0, 0), (0, 0), (0, 2), (0, 2)))  # what "same" would see: 0 top/left, 1+ bottom/right
-    from common.oracle import conv2d
+    from common.check.oracle import conv2d
     same_style = conv2d(padded, weights["weight"], None, 2, 0, 2)[:, :, :4, :4]
     assert compare(ours, same_style)[0] > 1e-3  # the trap is real on this input ...
     assert compare(ours, run_framework("numpy", node, weights, x, "float64")["output"])[1] <= 1e-12  # ... and avoided
@@ -157,7 +157,7 @@ def test_bad_group_counts_raise_clear_errors(framework):
 
 
 #: (conv, the path flax_impl's "auto" picks for it in float32, NCHW input): one case per fast path, odd sizes
-#: included. In float64 the "split" cases are one lax conv (``common.xla_cpu.split_groups``).
+#: included. In float64 the "split" cases are one lax conv (``common.runtime.xla_cpu.split_groups``).
 FLAX_PATH_CASES = [
     (depthwise_conv(6, 3, 2, multiplier=2), "taps", (2, 6, 9, 7)),
     (grouped_conv(3, 8, 3, 2), "taps", (2, 3, 11, 8)),  # 3-channel stem
@@ -174,9 +174,9 @@ FLAX_PATH_CASES = [
 def test_flax_fast_conv_paths_match_lax(conv, path, shape, dtype):
     """flax_impl's "auto" conv (+ eval-mode BatchNorm, folded on the taps path) vs ``impl="lax"`` and the oracle."""
     flax_impl = import_backend("flax")
-    from common.verify import to_nhwc
+    from common.check.verify import to_nhwc
     from flax_impl.layers import conv_path
-    path = path if dtype == "float32" or path != "split" else "lax"  # float64 never splits (common.xla_cpu)
+    path = path if dtype == "float32" or path != "split" else "lax"  # float64 never splits (common.runtime.xla_cpu)
     assert conv_path(conv, "auto", dtype) == path and conv_path(conv, "lax", dtype) == "lax"
     node = ir.Sequential((conv, ir.BatchNorm2d(conv.out_channels)))
     weights = random_weights(node, 0, "float64")
@@ -206,7 +206,7 @@ def test_flax_fast_conv_paths_match_lax(conv, path, shape, dtype):
 def test_keras_fast_conv_paths_compiled(framework, dtype, node, size, xla_conv):
     """Keras convs pick a formulation per backend *and* per compiler (TF graph vs XLA): the compiled
     ``predict_on_batch`` (XLA on TF via ``jit_compile=True``; jitted on JAX) must match the oracle too.
-    On JAX, only the convs ``common.xla_cpu`` leaves to XLA may reach its convolution op (``xla_conv``: always,
+    On JAX, only the convs ``common.runtime.xla_cpu`` leaves to XLA may reach its convolution op (``xla_conv``: always,
     never, or ``"float64"``: a grouped conv that float32 splits per group and float64 leaves whole)."""
     keras_impl = import_backend("keras")
     import keras

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from common import SpecError, UnknownModelError, count_parameters, get_spec, list_models, shuffle_permutation
-from common.primitives import depthwise_separable_conv, grouped_conv
-from common.resnext import ResNeXtConfig
-from common.resnext import build as build_resnext
-from common.shufflenet_v1 import ShuffleNetV1Config
-from common.shufflenet_v2 import ShuffleNetV2Config
-from common.summary import summarize
+from common.spec.primitives import depthwise_separable_conv, grouped_conv
+from common.spec.resnext import ResNeXtConfig
+from common.spec.resnext import build as build_resnext
+from common.spec.shufflenet_v1 import ShuffleNetV1Config
+from common.spec.shufflenet_v2 import ShuffleNetV2Config
+from common.spec.summary import summarize
 
 TORCHVISION = {  # name: (parameters, GFLOPS as torchvision's model table lists them)
     "shufflenet_v2_x0_5": (1_366_792, 0.04), "shufflenet_v2_x1_0": (2_278_604, 0.145),
@@ -131,7 +131,7 @@ def test_custom_resnext_builds_small_networks():
 
 
 def test_indivisible_groups_name_the_layer():
-    from common.shufflenet_v1 import build as build_v1
+    from common.spec.shufflenet_v1 import build as build_v1
     with pytest.raises(SpecError, match=r"layer 'stage2\.0\.branch\.6'.*groups=3"):
         build_v1("bad", ShuffleNetV1Config(groups=3, stage_channels=(240, 480, 960), stem_channels=25))
     with pytest.raises(SpecError, match="stage2.*groups=7"):
@@ -162,7 +162,7 @@ def test_depthwise_separable_parameter_arithmetic():
 
 
 def test_common_imports_no_framework():
-    code = ("import sys, common, common.verify, common.cli, common.oracle, common.summary;"
+    code = ("import sys, common, common.check.verify, common.cli, common.check.oracle, common.spec.summary;"
             "bad = [m for m in ('torch', 'tensorflow', 'jax', 'keras', 'flax') if m in sys.modules];"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=600)

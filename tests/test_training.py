@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from common import get_spec, random_input, random_weights
-from common.train_verify import compare_train_runs
+from common.check.train_verify import compare_train_runs
 from conftest import import_backend
 from harness import FULL, TRAIN_MODELS, TRAIN_SEED, pair_major, run_pairs, train_outputs, train_spec
 

@@ -1,12 +1,12 @@
-"""groupnets' PyTorch backend (NCHW): builds any ``common.ir`` node as ``torch.nn`` modules whose
+"""groupnets' PyTorch backend (NCHW): builds any ``common.spec.ir`` node as ``torch.nn`` modules whose
 ``state_dict`` is torchvision's, and ports canonical weights in and out. Imports only torch, NumPy and
 ``common``; the public names are the ones ``docs/backend-contract.md`` lists."""
 
 from .blocks import Bottleneck, ShuffleV1Block, ShuffleV2Block
 from .bridge import forward_numpy
 from .export import export_onnx
-from .inference import InferenceModel, fuse_batch_norm, optimize_for_inference, recommended_mode
 from .files import read_file, write_file
+from .inference import InferenceModel, fuse_batch_norm, optimize_for_inference, recommended_mode
 from .layers import ChannelShuffle, channel_shuffle, channel_split
 from .model import Network, build, create_model
 from .training import train_step_numpy

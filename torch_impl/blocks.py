@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from common import ir
+from common.spec import ir
 
 from .layers import channel_split, concat_shuffle
 

@@ -1,4 +1,4 @@
-"""NumPy in, NumPy out: the one entry point ``common.verify``, the CLI and the tests drive a model by."""
+"""NumPy in, NumPy out: the one entry point ``common.check.verify``, the CLI and the tests drive a model by."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.ir import NetworkSpec
+from common.spec.ir import NetworkSpec
 
 from .weights import _unwrap
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.ir import NetworkSpec
-from common.weights_io import atomic_output
+from common.spec.ir import NetworkSpec
+from common.weights.files import atomic_output
 
 from .bridge import _device, model_dtype
 from .weights import _unwrap

@@ -1,4 +1,4 @@
-"""PyTorch weight files (``.pth`` / ``.pt``) ⇄ canonical NumPy weights, for :mod:`common.convert`.
+"""PyTorch weight files (``.pth`` / ``.pt``) ⇄ canonical NumPy weights, for :mod:`common.files.convert`.
 
 Reading never unpickles code: always ``torch.load(..., weights_only=True)``, whose restricted unpickler
 refuses any global it does not know (a custom class, ``os.system``, ...) *before* calling it. Accepted:
@@ -11,7 +11,7 @@ Writing produces exactly what ``model.state_dict()`` saves — a plain ``Ordered
 ``state_dict`` order — so ``torchvision.models.X().load_state_dict(torch.load(path))`` works with
 ``strict=True``. **No metadata is written** (the chosen trade-off): an extra key would break a strict
 ``load_state_dict``, and ``state_dict._metadata`` is a private PyTorch convention that any dict copy
-drops. A ``.pth`` therefore records no model name (``read_file`` returns ``{}``) and ``common.convert``
+drops. A ``.pth`` therefore records no model name (``read_file`` returns ``{}``) and ``common.files.convert``
 identifies the architecture by ``check_weights`` alone. For hand-made checkpoints, ``read_file`` does
 return a ``"groupnets_metadata"`` dict of strings found next to the state_dict (wrapped checkpoint) or
 inside it (plain one; removed from the weights).
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from common.errors import WeightsFileError, first_line
-from common.ir import NetworkSpec
-from common.params import canonical_params
-from common.porting import check_weights
+from common.spec.ir import NetworkSpec
+from common.spec.params import canonical_params
+from common.weights.porting import check_weights
 
 TORCH_FORMATS = ("torch",)
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
@@ -148,7 +148,7 @@ def read_file(path: str | os.PathLike, fmt: str, spec: NetworkSpec | None) -> tu
     """A ``.pth`` / ``.pt`` file → ``(canonical weights, metadata)``; never executes pickled code.
 
     ``spec`` is not needed (the keys *are* canonical) and is not used to filter anything; whether the
-    weights fit a model is :func:`common.check_weights`' job (``common.convert`` calls it with the
+    weights fit a model is :func:`common.check_weights`' job (``common.files.convert`` calls it with the
     ``num_classes`` the file's ``fc`` implies). Errors are :class:`WeightsFileError` naming the file.
     """
     _check_format(fmt)

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.fusion import conv_bn_pairs, fold_batch_norm
-from common import ir
-from common.ir import NetworkSpec
+from common.spec import ir
+from common.spec.fusion import conv_bn_pairs, fold_batch_norm
+from common.spec.ir import NetworkSpec
 
 from .bridge import _device, model_dtype
 from .weights import _unwrap
@@ -70,7 +70,7 @@ def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
 class InferenceModel(nn.Module):
     """An inference-only network: input in NCHW (any memory format), logits out, always eval mode.
 
-    Keeps ``spec`` and the dtype, so ``forward_numpy`` and ``common.verify`` drive it like any model.
+    Keeps ``spec`` and the dtype, so ``forward_numpy`` and ``common.check.verify`` drive it like any model.
     ``forward_taps`` exists for the eager variant only (frozen / compiled graphs give logits only).
     """
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common import ir
-from common.shuffle import shuffle_view
+from common.spec import ir
+from common.spec.shuffle import shuffle_view
 
 
 def channel_shuffle(x: torch.Tensor, groups: int, convention: str = "paper") -> torch.Tensor:
-    """Permute channels (dim 1) as :mod:`common.shuffle` defines.
+    """Permute channels (dim 1) as :mod:`common.spec.shuffle` defines.
 
     ``"paper"`` views C as ``(g, C/g)``, ``"inverse"`` as ``(C/g, g)``; then transpose and flatten.
     ``unflatten``/``flatten`` never mention N, H or W, so dynamic batch/spatial sizes export cleanly.

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from common import ir
 from common.errors import GroupnetsError
-from common.ir import NetworkSpec
-from common.registry import get_spec
+from common.spec import ir
+from common.spec.ir import NetworkSpec
+from common.spec.registry import get_spec
 
 from .blocks import Bottleneck, ShuffleV1Block, ShuffleV2Block
 from .layers import build_leaf
@@ -153,6 +153,6 @@ def create_model(name: str | NetworkSpec, num_classes: int | None = None, dtype:
     """A registered model (or a custom ``NetworkSpec``) with a ``num_classes``-way ``fc``.
 
     ``num_classes=None`` means 1000 for a name and the spec's own ``fc`` for a ``NetworkSpec``, so a
-    10-class spec is not silently re-headed to 1000 classes (as ``common.verify`` treats specs).
+    10-class spec is not silently re-headed to 1000 classes (as ``common.check.verify`` treats specs).
     """
     return build(get_spec(name, num_classes), dtype)

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.ir import NetworkSpec
-from common.labels import check_labels, check_step_hyperparameters
-from common.porting import to_canonical
+from common.runtime.checks import check_labels, check_step_hyperparameters
+from common.spec.ir import NetworkSpec
+from common.weights.porting import to_canonical
 
 from .bridge import _device, model_dtype
 from .weights import _unwrap

@@ -1,5 +1,5 @@
 """Canonical weights ⇄ a torch model. Torch *is* the canonical layout, so the porting table's torch
-rules are the identity; going through ``common.porting`` anyway keeps strictness and error messages
+rules are the identity; going through ``common.weights.porting`` anyway keeps strictness and error messages
 identical across backends."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from common.errors import WeightsMismatchError
-from common.params import node_name
-from common.porting import LoadReport, to_canonical, to_framework
+from common.spec.params import node_name
+from common.weights.porting import LoadReport, to_canonical, to_framework
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import SpecError
 from .build_helpers import conv, conv_bn, sequential
-from .errors import SpecError
 from .ir import BatchNorm2d, Linear, MaxPool2d, NetworkSpec, ShuffleV2Block, Stage
 
 

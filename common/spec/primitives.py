@@ -5,8 +5,8 @@ Padding is PyTorch's symmetric ``kernel // 2`` on every side, whatever the strid
 
 from __future__ import annotations
 
+from ..errors import SpecError
 from .build_helpers import conv, sequential
-from .errors import SpecError
 from .ir import Conv2d, Sequential
 
 

@@ -21,7 +21,7 @@ def conv_bn_pairs(node: object) -> Iterator[tuple[str, str]]:
 
     Every IR container registers its children in execution order (``Sequential``; a ``Bottleneck``'s
     ``conv1, bn1, conv2, bn2, conv3, bn3``; a network's stem), so a ``Conv2d`` leaf immediately followed
-    by a ``BatchNorm2d`` leaf *of the same parent* in :func:`common.ir.iter_leaves` order feeds it
+    by a ``BatchNorm2d`` leaf *of the same parent* in :func:`common.spec.ir.iter_leaves` order feeds it
     directly. Leaves of different parents (the end of one block, the start of the next) never pair.
     """
     leaves = list(ir.iter_leaves(node))

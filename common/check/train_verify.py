@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import GroupnetsError
-from .params import canonical_params
-from .labels import random_labels
-from .random_weights import random_input, random_weights
-from .registry import get_spec
+from ..errors import GroupnetsError
+from ..spec.params import canonical_params
+from ..spec.registry import get_spec
+from .random import random_input, random_labels, random_weights
 from .verify import BOUNDS, DEFAULT_FRAMEWORKS, compare, within_bound, framework_label, load_backend, to_nchw, to_nhwc
 
 

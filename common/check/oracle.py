@@ -11,9 +11,9 @@ from collections.abc import Mapping
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from . import ir
-from .errors import SpecError
-from .shuffle import shuffle_permutation
+from ..errors import SpecError
+from ..spec import ir
+from ..spec.shuffle import shuffle_permutation
 
 
 # ------------------------------------------------------------------------------------------ primitives

@@ -5,8 +5,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 
+from ..errors import SpecError, UnknownModelError
 from . import resnext, shufflenet_v1, shufflenet_v2
-from .errors import SpecError, UnknownModelError
 from .ir import NetworkSpec
 
 _BUILDERS: dict[str, Callable[[int], NetworkSpec]] = {}
@@ -21,7 +21,7 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 
 def get_spec(name: str | NetworkSpec, num_classes: int | None = None) -> NetworkSpec:
-    """The frozen :class:`~common.ir.NetworkSpec` for ``name`` with a ``num_classes``-way ``fc``
+    """The frozen :class:`~common.spec.ir.NetworkSpec` for ``name`` with a ``num_classes``-way ``fc``
     (default: 1000 for a name; a spec keeps its own).
 
     A ``NetworkSpec`` passes through (its ``fc`` is re-sized if ``num_classes`` differs), so custom

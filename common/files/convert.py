@@ -2,7 +2,7 @@
 
 | format | extensions | read / written by |
 |---|---|---|
-| ``canonical`` | ``.safetensors`` | :mod:`common.weights_io` (metadata: model, num_classes, format) |
+| ``canonical`` | ``.safetensors`` | :mod:`common.weights.files` (metadata: model, num_classes, format) |
 | ``torch`` | ``.pth``, ``.pt`` | ``torch_impl`` — ``torch.load(weights_only=True)``; plain, wrapped (``state_dict`` / ``model``) or DataParallel (``module.``) state_dicts |
 | ``keras-weights`` | ``.weights.h5`` | ``keras_impl`` — ``model.save_weights`` / ``load_weights`` |
 | ``keras`` | ``.keras`` | ``keras_impl`` — whole model, loaded with ``safe_mode=True`` |
@@ -14,19 +14,21 @@ instead of N² converters. Outputs are written atomically; inputs are never unpi
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import GroupnetsError, WeightsFileError
-from .ir import NetworkSpec
-from .porting import check_weights
-from .params import canonical_params
-from .registry import get_spec, list_models
-from .weights_io import atomic_output, check_readable_file, load_weights, save_weights
+from ..check.backends import load_backend
+from ..check.verify import verify as run_verify
+from ..errors import GroupnetsError, WeightsFileError
+from ..spec.ir import NetworkSpec
+from ..spec.params import canonical_params
+from ..spec.registry import get_spec, list_models
+from ..weights.files import atomic_output, check_readable_file, load_weights, save_weights
+from ..weights.heads import infer_num_classes
+from ..weights.porting import check_weights
 
 #: format → (backend package or None for common, extensions)
 FORMATS: dict[str, tuple[str | None, tuple[str, ...]]] = {
@@ -53,7 +55,6 @@ def detect_format(path: str | Path, explicit: str | None = None) -> str:
 
 
 def _backend(fmt: str):
-    from .verify import load_backend
     framework = FORMATS[fmt][0]
     return None if framework is None else load_backend(framework)
 
@@ -111,11 +112,6 @@ class ConvertResult:
     report: object | None = None  # a VerifyReport with --verify
 
 
-def _infer_num_classes(weights: Mapping[str, np.ndarray]) -> int | None:
-    fc = weights.get("fc.weight")
-    return int(np.shape(fc)[0]) if fc is not None and np.ndim(fc) == 2 else None
-
-
 def convert(model: str | NetworkSpec, source: str | Path, destination: str | Path, *,
             source_format: str | None = None, destination_format: str | None = None,
             num_classes: int | None = None, overwrite: bool = False, verify: bool = False,
@@ -125,7 +121,7 @@ def convert(model: str | NetworkSpec, source: str | Path, destination: str | Pat
     Checks everything that can be checked before writing anything: formats, the destination (exists
     without ``overwrite``, missing directory), the model name recorded in the source, and every key,
     shape and dtype (one error listing all). ``verify`` re-reads the written file (must be bit-exact)
-    and runs :func:`common.verify.verify` with those weights; NaN/Inf weights fail it by name.
+    and runs :func:`common.check.verify.verify` with those weights; NaN/Inf weights fail it by name.
     """
     src_fmt, dst_fmt = detect_format(source, source_format), detect_format(destination, destination_format)
     destination = Path(destination)
@@ -142,7 +138,7 @@ def convert(model: str | NetworkSpec, source: str | Path, destination: str | Pat
     weights, recorded = read_weights(source, src_fmt, base_spec)
     if recorded and recorded != name:
         raise WeightsFileError(f"{source}: holds weights for {recorded!r}, not {name!r}")
-    classes = num_classes if num_classes is not None else (_infer_num_classes(weights) or base_spec.num_classes)
+    classes = num_classes if num_classes is not None else (infer_num_classes(weights) or base_spec.num_classes)
     spec = get_spec(model, classes)
     check_weights(spec, weights, strict=True, source=str(source))
     if verify:  # before writing: a file that cannot pass verification is not produced
@@ -157,40 +153,5 @@ def convert(model: str | NetworkSpec, source: str | Path, destination: str | Pat
         changed = [k for k in weights if k not in written or not np.array_equal(written[k], weights[k])]
         if changed or set(written) != set(weights):
             raise GroupnetsError(f"{destination}: read back differently for {changed[:8]}")
-        from .verify import verify as run_verify
         result.report = run_verify(spec, weights=weights, input_shape=(2, spec.in_channels, verify_size, verify_size))
     return result
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-def _cmd_convert(args: argparse.Namespace) -> int:
-    from .cli import EXIT_MISMATCH, EXIT_OK
-
-    result = convert(args.model, args.source, args.destination, source_format=args.from_format,
-                     destination_format=args.to_format, num_classes=args.num_classes, overwrite=args.force,
-                     verify=args.verify, verify_size=args.size)
-    print(f"{result.source} ({result.source_format}) -> {result.destination} ({result.destination_format}): "
-          f"{result.model}, {result.num_classes} classes, {result.tensors} tensors, {result.parameters:,} values")
-    if result.report is not None:
-        print(result.report.format_table())
-        return EXIT_OK if result.report.ok else EXIT_MISMATCH
-    return EXIT_OK
-
-
-def add_convert_parser(sub) -> None:
-    p = sub.add_parser("convert", help="convert a weight file between torch / canonical / keras / flax formats")
-    p.add_argument("model")
-    p.add_argument("source")
-    p.add_argument("destination")
-    p.add_argument("--from", dest="from_format", choices=list(FORMATS))
-    p.add_argument("--to", dest="to_format", choices=list(FORMATS))
-    p.add_argument("--num-classes", type=int, help="default: inferred from fc.weight")
-    p.add_argument("--force", action="store_true", help="overwrite the destination")
-    p.add_argument("--verify", action="store_true", help="re-read the output and verify across frameworks")
-    p.add_argument("--size", type=int, default=64, help="input size for --verify (default 64)")
-    p.add_argument("--keras-backend", choices=["tensorflow", "jax", "torch"],
-                   help="Keras backend for Keras files and --verify (default: $KERAS_BACKEND, else jax)")
-    # Keras files are backend-independent (keras_impl.h5_layout) and reading / writing them computes
-    # nothing, so a conversion needs Keras only imported: on JAX that costs about a third of
-    # TensorFlow's memory and time (268 vs 760 MiB, measured; README "Weight files and conversion").
-    p.set_defaults(func=_cmd_convert, default_keras_backend="jax")

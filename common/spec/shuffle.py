@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import SpecError
+from ..errors import SpecError
 
 CONVENTIONS = ("paper", "inverse")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ir import BatchNorm2d, Bottleneck, NetworkSpec, ShuffleV1Block, ShuffleV2Block
-from .params import canonical_params
+from ..spec.ir import BatchNorm2d, Bottleneck, NetworkSpec, ShuffleV1Block, ShuffleV2Block
+from ..spec.params import canonical_params
 
 #: gamma of the BatchNorm that ends each merged branch (see :func:`merge_branch_norms`)
 MERGE_GAMMA = (0.1, 0.3)
@@ -89,3 +89,8 @@ def random_weights(spec: object, seed: int = 0, dtype: str | np.dtype = "float32
 def random_input(shape: tuple[int, ...], seed: int = 0, dtype: str | np.dtype = "float32") -> np.ndarray:
     """Unit-normal input (drawn in float64, then cast) in whatever layout ``shape`` says."""
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def random_labels(batch: int, num_classes: int, seed: int = 0) -> np.ndarray:
+    """Reproducible integer class labels ``(batch,)`` in ``[0, num_classes)``."""
+    return np.random.default_rng(seed).integers(0, num_classes, size=batch).astype(np.int64)

@@ -3,7 +3,7 @@
 A network spec is a tree of frozen dataclasses: leaf *ops* (``Conv2d``, ``BatchNorm2d``, ``Linear``,
 ``ReLU``, pools, ``ChannelShuffle``) and *containers* (``Sequential`` and the three block kinds) whose
 ``children()`` name their sub-layers exactly as torchvision's modules do. From this one tree come the
-canonical parameter keys and shapes (:mod:`common.params`), the parameter / FLOP summary, the porting
+canonical parameter keys and shapes (:mod:`common.spec.params`), the parameter / FLOP summary, the porting
 table, and every framework's model: a backend walks the tree and never re-types a channel count.
 
 Numerics are PyTorch's: convolutions and pools pad symmetrically by ``padding`` on every side, pools
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Union
 
-from .errors import SpecError
+from ..errors import SpecError
 
 ShuffleConvention = Literal["paper", "inverse"]
 
@@ -94,7 +94,7 @@ class AvgPool2d:
 
 @dataclass(frozen=True)
 class ChannelShuffle:
-    """Channel shuffle; see :mod:`common.shuffle` for the two conventions."""
+    """Channel shuffle; see :mod:`common.spec.shuffle` for the two conventions."""
 
     groups: int
     convention: ShuffleConvention = "paper"

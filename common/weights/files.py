@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import WeightsFileError
+from ..errors import WeightsFileError
 
 FORMAT_VERSION = "groupnets-canonical/1"
 

@@ -15,9 +15,9 @@ from typing import Literal
 
 import numpy as np
 
-from .errors import WeightsMismatchError
-from .ir import BatchNorm2d, Conv2d, Linear
-from .params import ParamInfo, canonical_params, node_name
+from ..errors import WeightsMismatchError
+from ..spec.ir import BatchNorm2d, Conv2d, Linear
+from ..spec.params import ParamInfo, canonical_params, node_name
 
 Framework = Literal["torch", "keras", "flax"]
 FRAMEWORKS: tuple[Framework, ...] = ("torch", "keras", "flax")

@@ -1,58 +1,23 @@
 """Cross-framework equivalence: one weight set, one input, every framework, every pair compared.
 
-Backends are imported by name only when asked for (``importlib``), so ``common`` itself stays free of
-any framework. Outputs are compared in NCHW after transposing the channels-last backends back, with
-the relative error measured against the largest |value| of the pair, as the project's bounds are stated.
+Backends are loaded by :func:`common.check.backends.load_backend`; outputs are compared by
+:mod:`common.check.compare`, in NCHW, relative to the largest |value| of the pair.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 
 import numpy as np
 
-from .errors import GroupnetsError
-from .ir import NetworkSpec
-from .random_weights import random_input, random_weights
-from .registry import get_spec
-
-#: The product's promise, eval mode, relative to the output's max |value|.
-BOUNDS: dict[str, float] = {"float32": 1e-5, "float64": 1e-12}
-#: "numpy" is the float64 oracle of :mod:`common.oracle`, usable as a fourth party.
-KNOWN_FRAMEWORKS = ("torch", "keras", "flax", "numpy")
-DEFAULT_FRAMEWORKS = ("torch", "keras", "flax")
-
-
-def load_backend(framework: str) -> ModuleType:
-    """``torch_impl`` / ``keras_impl`` / ``flax_impl``; a clear error if the framework is missing."""
-    if framework not in KNOWN_FRAMEWORKS or framework == "numpy":
-        raise GroupnetsError(f"unknown framework {framework!r}; choose from {', '.join(KNOWN_FRAMEWORKS)}")
-    try:
-        return importlib.import_module(f"{framework}_impl")
-    except ModuleNotFoundError as error:
-        if error.name and error.name.split(".")[0] in {"torch", "keras", "tensorflow", "jax", "flax", "optax"}:
-            raise GroupnetsError(f"framework {framework!r} is not installed ({error}); "
-                                 f"install groupnets[{framework}]") from error
-        raise  # a broken install or a bug: show the real traceback
-
-
-def framework_label(framework: str) -> str:
-    """``keras`` is labelled with the Keras backend it ran on, e.g. ``keras[jax]``."""
-    if framework == "keras":
-        return f"keras[{os.environ.get('KERAS_BACKEND', 'tensorflow')}]"
-    return framework
-
-
-def to_nchw(array: np.ndarray) -> np.ndarray:
-    return array.transpose(0, 3, 1, 2) if array.ndim == 4 else array
-
-
-def to_nhwc(array: np.ndarray) -> np.ndarray:
-    return array.transpose(0, 2, 3, 1) if array.ndim == 4 else array
+from ..errors import GroupnetsError
+from ..spec.ir import NetworkSpec
+from ..spec.registry import get_spec
+from .backends import DEFAULT_FRAMEWORKS, KNOWN_FRAMEWORKS, framework_label, load_backend
+from .compare import BOUNDS, compare, to_nchw, to_nhwc, within_bound
+from .random import random_input, random_weights
 
 
 def run_framework(framework: str, node: object, weights: Mapping[str, np.ndarray], x_nchw: np.ndarray,
@@ -78,11 +43,6 @@ def run_framework(framework: str, node: object, weights: Mapping[str, np.ndarray
     return {k: np.asarray(v) for k, v in outputs.items()}
 
 
-def within_bound(max_rel: float, bound: float) -> bool:
-    """The product's pass rule: finite and at most ``bound`` (NaN / Inf never pass)."""
-    return bool(np.isfinite(max_rel)) and max_rel <= bound
-
-
 @dataclass(frozen=True)
 class PairResult:
     model: str
@@ -97,18 +57,6 @@ class PairResult:
     @property
     def ok(self) -> bool:
         return within_bound(self.max_rel, self.bound)
-
-
-def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """``(max |a-b|, max |a-b| / max(|a|, |b|))``; NaN/Inf anywhere → ``inf`` (never passes)."""
-    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a64.shape != b64.shape:
-        raise GroupnetsError(f"output shapes differ: {a64.shape} vs {b64.shape}")
-    if not (np.isfinite(a64).all() and np.isfinite(b64).all()):
-        return float("inf"), float("inf")
-    max_abs = float(np.abs(a64 - b64).max()) if a64.size else 0.0
-    scale = max(float(np.abs(a64).max(initial=0.0)), float(np.abs(b64).max(initial=0.0)))
-    return max_abs, (max_abs / scale if scale > 0 else max_abs)
 
 
 @dataclass

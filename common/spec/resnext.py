@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import SpecError
 from .build_helpers import conv, sequential
-from .errors import SpecError
 from .ir import BatchNorm2d, Bottleneck, Conv2d, Linear, MaxPool2d, NetworkSpec, ReLU, Stage
 
 EXPANSION = 4  # Bottleneck output = planes * 4

@@ -1,13 +1,9 @@
-"""Integer class labels (reproducible random ones for checks) and the argument validation every
-backend's training step applies before it touches the model."""
+"""The argument checks every backend applies at its entry points, written once so the three raise the
+same errors with the same messages: integer class labels and SGD settings for a training step."""
 
 from __future__ import annotations
 
 import numpy as np
-
-
-def random_labels(batch: int, num_classes: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, num_classes, size=batch).astype(np.int64)
 
 
 def check_labels(labels: object, batch: int, classes: int) -> np.ndarray:

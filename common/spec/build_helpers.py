@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import SpecError
+from ..errors import SpecError
 from .ir import BatchNorm2d, Conv2d, ReLU, Sequential
 
 
