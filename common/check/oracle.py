@@ -6,6 +6,7 @@ any backend. Tests compare each framework to it, in float64, for primitives and 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -107,51 +108,87 @@ class _Scope:
         return np.asarray(self.weights[key], dtype=np.float64) if key in self.weights else None
 
 
+@functools.singledispatch
 def _apply(node: object, x: np.ndarray, scope: _Scope) -> np.ndarray:
-    if isinstance(node, ir.Conv2d):
-        return conv2d(x, scope["weight"], scope.get("bias"), node.stride, node.padding, node.groups)
-    if isinstance(node, ir.BatchNorm2d):
-        if scope.calibrate:
-            scope.set("running_mean", x.mean(axis=(0, 2, 3)))
-            scope.set("running_var", x.var(axis=(0, 2, 3)))
-        return batch_norm(x, scope["weight"], scope["bias"], scope["running_mean"], scope["running_var"],
-                          node.eps)
-    if isinstance(node, ir.ReLU):
-        return relu(x)
-    if isinstance(node, ir.MaxPool2d):
-        return max_pool2d(x, node.kernel_size, node.stride, node.padding)
-    if isinstance(node, ir.AvgPool2d):
-        return avg_pool2d(x, node.kernel_size, node.stride, node.padding)
-    if isinstance(node, ir.ChannelShuffle):
-        return channel_shuffle(x, node.groups, node.convention)
-    if isinstance(node, ir.Linear):
-        return linear(x, scope["weight"], scope.get("bias"))
-    if isinstance(node, (ir.Sequential, ir.Stage)):
-        for name, child in node.children():
-            x = _apply(child, x, scope.child(name))
-        return x
-    if isinstance(node, ir.ShuffleV2Block):
-        if node.stride == 1:
-            left, right = channel_split(x, 2)
-            out = np.concatenate([left, _apply(node.branch2, right, scope.child("branch2"))], axis=1)
-        else:
-            out = np.concatenate([_apply(node.branch1, x, scope.child("branch1")),
-                                  _apply(node.branch2, x, scope.child("branch2"))], axis=1)
-        return channel_shuffle(out, 2)
-    if isinstance(node, ir.ShuffleV1Block):
-        branch = _apply(node.branch, x, scope.child("branch"))
-        if node.shortcut is None:
-            return relu(x + branch)
-        return relu(np.concatenate([_apply(node.shortcut, x, scope.child("shortcut")), branch], axis=1))
-    if isinstance(node, ir.Bottleneck):
-        out = x
-        for name in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3"):
-            out = _apply(getattr(node, name), out, scope.child(name))
-            if name in ("bn1", "bn2"):
-                out = relu(out)
-        identity = x if node.downsample is None else _apply(node.downsample, x, scope.child("downsample"))
-        return relu(out + identity)
+    """The float64 forward of one IR node: one registered function per node class (a new layer kind
+    registers its own below)."""
     raise TypeError(f"oracle cannot apply {type(node).__name__}")
+
+
+@_apply.register
+def _(node: ir.Conv2d, x: np.ndarray, scope: _Scope) -> np.ndarray:
+    return conv2d(x, scope["weight"], scope.get("bias"), node.stride, node.padding, node.groups)
+
+
+@_apply.register
+def _(node: ir.BatchNorm2d, x: np.ndarray, scope: _Scope) -> np.ndarray:
+    if scope.calibrate:
+        scope.set("running_mean", x.mean(axis=(0, 2, 3)))
+        scope.set("running_var", x.var(axis=(0, 2, 3)))
+    return batch_norm(x, scope["weight"], scope["bias"], scope["running_mean"], scope["running_var"], node.eps)
+
+
+@_apply.register
+def _(node: ir.ReLU, x: np.ndarray, scope: _Scope) -> np.ndarray:
+    return relu(x)
+
+
+@_apply.register
+def _(node: ir.MaxPool2d, x: np.ndarray, scope: _Scope) -> np.ndarray:
+    return max_pool2d(x, node.kernel_size, node.stride, node.padding)
+
+
+@_apply.register
+def _(node: ir.AvgPool2d, x: np.ndarray, scope: _Scope) -> np.ndarray:
+    return avg_pool2d(x, node.kernel_size, node.stride, node.padding)
+
+
+@_apply.register
+def _(node: ir.ChannelShuffle, x: np.ndarray, scope: _Scope) -> np.ndarray:
+    return channel_shuffle(x, node.groups, node.convention)
+
+
+@_apply.register
+def _(node: ir.Linear, x: np.ndarray, scope: _Scope) -> np.ndarray:
+    return linear(x, scope["weight"], scope.get("bias"))
+
+
+@_apply.register(ir.Sequential)
+@_apply.register(ir.Stage)
+def _(node: ir.Sequential | ir.Stage, x: np.ndarray, scope: _Scope) -> np.ndarray:
+    for name, child in node.children():
+        x = _apply(child, x, scope.child(name))
+    return x
+
+
+@_apply.register
+def _(node: ir.ShuffleV2Block, x: np.ndarray, scope: _Scope) -> np.ndarray:
+    if node.stride == 1:
+        left, right = channel_split(x, 2)
+        out = np.concatenate([left, _apply(node.branch2, right, scope.child("branch2"))], axis=1)
+    else:
+        out = np.concatenate([_apply(node.branch1, x, scope.child("branch1")),
+                              _apply(node.branch2, x, scope.child("branch2"))], axis=1)
+    return channel_shuffle(out, 2)
+
+
+@_apply.register
+def _(node: ir.ShuffleV1Block, x: np.ndarray, scope: _Scope) -> np.ndarray:
+    branch = _apply(node.branch, x, scope.child("branch"))
+    if node.shortcut is None:
+        return relu(x + branch)
+    return relu(np.concatenate([_apply(node.shortcut, x, scope.child("shortcut")), branch], axis=1))
+
+
+@_apply.register
+def _(node: ir.Bottleneck, x: np.ndarray, scope: _Scope) -> np.ndarray:
+    out = x
+    for name in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3"):
+        out = _apply(getattr(node, name), out, scope.child(name))
+        if name in ("bn1", "bn2"):
+            out = relu(out)
+    identity = x if node.downsample is None else _apply(node.downsample, x, scope.child("downsample"))
+    return relu(out + identity)
 
 
 def forward(node: object, weights: Mapping[str, np.ndarray], x: np.ndarray, taps: bool = False,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..spec.ir import BatchNorm2d, Bottleneck, NetworkSpec, ShuffleV1Block, ShuffleV2Block
+from ..spec.ir import NetworkSpec
 from ..spec.params import canonical_params
 
 #: gamma of the BatchNorm that ends each merged branch (see :func:`merge_branch_norms`)
@@ -16,21 +16,10 @@ MERGE_GAMMA = (0.1, 0.3)
 
 
 def merge_branch_norms(spec: NetworkSpec) -> list[str]:
-    """The BatchNorm layers whose output is merged with an identity / shortcut path: ``bn3`` of a
-    Bottleneck, the last BN of a ShuffleNet V1 branch, of a ShuffleNet V2 ``branch2``."""
-    layers = []
-    for stage in spec.stages:
-        for index, block in enumerate(stage.blocks):
-            prefix = f"{stage.name}.{index}"
-            if isinstance(block, Bottleneck):
-                layers.append(f"{prefix}.bn3")
-                continue
-            branch_name, branch = (("branch", block.branch) if isinstance(block, ShuffleV1Block) else
-                                   ("branch2", block.branch2) if isinstance(block, ShuffleV2Block) else (None, None))
-            if branch is not None:
-                last = max(i for i, layer in enumerate(branch.layers) if isinstance(layer, BatchNorm2d))
-                layers.append(f"{prefix}.{branch_name}.{last}")
-    return layers
+    """The BatchNorm layers whose output is merged with an identity / shortcut path (each block names
+    its own: ``bn3`` of a Bottleneck, the last BN of a ShuffleNet V1 branch, of a V2 ``branch2``)."""
+    return [f"{stage.name}.{index}.{norm}" for stage in spec.stages for index, block in enumerate(stage.blocks)
+            if (norm := block.merged_norm()) is not None]
 
 
 def random_weights(spec: object, seed: int = 0, dtype: str | np.dtype = "float32",

@@ -2,7 +2,9 @@
 
 A network spec is a tree of frozen dataclasses: leaf *ops* (``Conv2d``, ``BatchNorm2d``, ``Linear``,
 ``ReLU``, pools, ``ChannelShuffle``) and *containers* (``Sequential`` and the three block kinds) whose
-``children()`` name their sub-layers exactly as torchvision's modules do. From this one tree come the
+``children()`` name their sub-layers exactly as torchvision's modules do. Every node answers for itself
+what walkers need (:class:`IRNode`), so a new layer kind is one class here, not a case in each walker.
+From this one tree come the
 canonical parameter keys and shapes (:mod:`common.spec.params`), the parameter / FLOP summary, the porting
 table, and every framework's model: a backend walks the tree and never re-types a channel count.
 
@@ -18,11 +20,65 @@ from typing import Literal, Union
 from ..errors import SpecError
 
 ShuffleConvention = Literal["paper", "inverse"]
+ParamRole = Literal["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+#: one canonical tensor of a leaf: its role (the key's last part), canonical shape, and whether it is trained
+ParamShape = tuple[ParamRole, tuple[int, ...], bool]
+Shape = tuple[int, int, int]  # (C, H, W)
+Layers = tuple[tuple[str, "IRNode"], ...]
+
+
+def _pooled(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a window op, PyTorch's rule (symmetric padding, floor)."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+class IRNode:
+    """What every IR node answers for itself; walkers ask, they never switch on the node's type.
+
+    The defaults describe a weightless leaf of unknown shape behaviour; each node class overrides what
+    it knows. (Plain class, not a dataclass: it adds no fields to the frozen dataclasses below.)
+    """
+
+    def children(self) -> Layers:
+        """Named sub-layers in module-registration (= ``state_dict``) order; ``()`` for a leaf op."""
+        return ()
+
+    @property
+    def input_channels(self) -> int | None:
+        """Channels the node's input must have; None where any count works (ReLU, pools, shuffle)."""
+        return None
+
+    def own_params(self) -> tuple[ParamShape, ...]:
+        """The leaf's canonical tensors (not its children's), in ``state_dict`` order."""
+        return ()
+
+    def trace(self, shape: Shape) -> tuple[Shape, int]:
+        """``(C, H, W)`` in → ``((C, H, W)`` out, multiply-adds); the summary's convention (convolutions
+        and the classifier count, ``k·k·in/groups`` per output element)."""
+        raise TypeError(f"{type(self).__name__} does not say how it changes a shape")
+
+    def merged_norm(self) -> str | None:
+        """A block's BatchNorm (relative dotted name) whose output is merged with an identity / shortcut
+        path; None for everything else (random test weights damp that BN's gamma)."""
+        return None
+
+
+def _first_input_channels(children: Layers) -> int | None:
+    """Weightless ops keep the channel count, so the first child that knows it decides."""
+    return next((c for _, child in children if (c := child.input_channels) is not None), None)
+
+
+def _trace_chain(children: Layers, shape: Shape) -> tuple[Shape, int]:
+    total = 0
+    for _, child in children:
+        shape, macs = child.trace(shape)
+        total += macs
+    return shape, total
 
 
 # --------------------------------------------------------------------------------------------- ops
 @dataclass(frozen=True)
-class Conv2d:
+class Conv2d(IRNode):
     """A 2-D convolution, PyTorch semantics: symmetric zero padding, OIHW weight ``(out, in/groups, k, k)``."""
 
     in_channels: int
@@ -58,9 +114,21 @@ class Conv2d:
     def weight_shape(self) -> tuple[int, int, int, int]:
         return (self.out_channels, self.in_channels // self.groups, self.kernel_size, self.kernel_size)
 
+    @property
+    def input_channels(self) -> int:
+        return self.in_channels
+
+    def own_params(self) -> tuple[ParamShape, ...]:
+        return (("weight", self.weight_shape, True),) + ((("bias", (self.out_channels,), True),) if self.bias else ())
+
+    def trace(self, shape: Shape) -> tuple[Shape, int]:
+        c, h, w = shape
+        oh, ow = (_pooled(s, self.kernel_size, self.stride, self.padding) for s in (h, w))
+        return (self.out_channels, oh, ow), oh * ow * self.out_channels * (c // self.groups) * self.kernel_size ** 2
+
 
 @dataclass(frozen=True)
-class BatchNorm2d:
+class BatchNorm2d(IRNode):
     """BatchNorm with PyTorch's defaults: eps 1e-5, momentum 0.1 = weight of the *new* batch statistic,
     running variance updated with the unbiased batch variance."""
 
@@ -68,54 +136,82 @@ class BatchNorm2d:
     eps: float = 1e-5
     momentum: float = 0.1
 
+    @property
+    def input_channels(self) -> int:
+        return self.num_features
+
+    def own_params(self) -> tuple[ParamShape, ...]:
+        c = (self.num_features,)
+        return (("weight", c, True), ("bias", c, True), ("running_mean", c, False), ("running_var", c, False),
+                ("num_batches_tracked", (), False))
+
+    def trace(self, shape: Shape) -> tuple[Shape, int]:
+        return shape, 0
+
 
 @dataclass(frozen=True)
-class ReLU:
-    pass
+class ReLU(IRNode):
+    def trace(self, shape: Shape) -> tuple[Shape, int]:
+        return shape, 0
 
 
 @dataclass(frozen=True)
-class MaxPool2d:
+class _Pool2d(IRNode):
+    """A square window op with PyTorch's output-size rule (symmetric padding, round down)."""
+
+    kernel_size: int
+    stride: int
+    padding: int = 0
+
+    def trace(self, shape: Shape) -> tuple[Shape, int]:
+        c, h, w = shape
+        return (c, *(_pooled(s, self.kernel_size, self.stride, self.padding) for s in (h, w))), 0
+
+
+@dataclass(frozen=True)
+class MaxPool2d(_Pool2d):
     """Max-pool, PyTorch semantics: padding counts as -inf, output size rounds down."""
 
-    kernel_size: int
-    stride: int
-    padding: int = 0
-
 
 @dataclass(frozen=True)
-class AvgPool2d:
+class AvgPool2d(_Pool2d):
     """Average pool, PyTorch semantics: ``count_include_pad=True`` (padded zeros are averaged in)."""
 
-    kernel_size: int
-    stride: int
-    padding: int = 0
-
 
 @dataclass(frozen=True)
-class ChannelShuffle:
+class ChannelShuffle(IRNode):
     """Channel shuffle; see :mod:`common.spec.shuffle` for the two conventions."""
 
     groups: int
     convention: ShuffleConvention = "paper"
 
+    def trace(self, shape: Shape) -> tuple[Shape, int]:
+        return shape, 0
+
 
 @dataclass(frozen=True)
-class Linear:
+class Linear(IRNode):
     """Fully connected layer, PyTorch weight layout ``(out, in)``."""
 
     in_features: int
     out_features: int
     bias: bool = True
 
+    @property
+    def input_channels(self) -> int:
+        return self.in_features
+
+    def own_params(self) -> tuple[ParamShape, ...]:
+        weight: ParamShape = ("weight", (self.out_features, self.in_features), True)
+        return (weight,) + ((("bias", (self.out_features,), True),) if self.bias else ())
+
 
 LeafOp = Union[Conv2d, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d, ChannelShuffle, Linear]
-Layers = tuple[tuple[str, "Node"], ...]
 
 
 # ----------------------------------------------------------------------------------------- containers
 @dataclass(frozen=True)
-class Sequential:
+class Sequential(IRNode):
     """Children applied in order; names are ``"0", "1", ...`` like ``torch.nn.Sequential``."""
 
     layers: tuple["Node", ...]
@@ -123,9 +219,20 @@ class Sequential:
     def children(self) -> Layers:
         return tuple((str(i), layer) for i, layer in enumerate(self.layers))
 
+    @property
+    def input_channels(self) -> int | None:
+        return _first_input_channels(self.children())
+
+    def trace(self, shape: Shape) -> tuple[Shape, int]:
+        return _trace_chain(self.children(), shape)
+
+
+def _last_norm(branch: Sequential) -> int:
+    return max(i for i, layer in enumerate(branch.layers) if isinstance(layer, BatchNorm2d))
+
 
 @dataclass(frozen=True)
-class ShuffleV2Block:
+class ShuffleV2Block(IRNode):
     """torchvision ``InvertedResidual``.
 
     stride 1: ``x1, x2 = chunk(x, 2)``; ``out = cat(x1, branch2(x2))``.
@@ -145,9 +252,25 @@ class ShuffleV2Block:
         named.append(("branch2", self.branch2))
         return tuple(named)
 
+    @property
+    def input_channels(self) -> int:
+        return self.in_channels
+
+    def trace(self, shape: Shape) -> tuple[Shape, int]:
+        c, h, w = shape
+        if self.branch1 is None:
+            (bc, oh, ow), macs = self.branch2.trace((c // 2, h, w))
+            return (c // 2 + bc, oh, ow), macs
+        (c1, oh, ow), m1 = self.branch1.trace(shape)
+        (c2, _, _), m2 = self.branch2.trace(shape)
+        return (c1 + c2, oh, ow), m1 + m2
+
+    def merged_norm(self) -> str:
+        return f"branch2.{_last_norm(self.branch2)}"
+
 
 @dataclass(frozen=True)
-class ShuffleV1Block:
+class ShuffleV1Block(IRNode):
     """ShuffleNet V1 unit (paper Fig. 2b/2c).
 
     ``branch`` = 1x1 gconv, BN, ReLU, shuffle, 3x3 depthwise (stride), BN, 1x1 gconv, BN.
@@ -167,9 +290,20 @@ class ShuffleV1Block:
             named.append(("shortcut", self.shortcut))
         return tuple(named)
 
+    @property
+    def input_channels(self) -> int:
+        return self.in_channels
+
+    def trace(self, shape: Shape) -> tuple[Shape, int]:
+        (bc, oh, ow), macs = self.branch.trace(shape)
+        return ((bc if self.shortcut is None else shape[0] + bc), oh, ow), macs
+
+    def merged_norm(self) -> str:
+        return f"branch.{_last_norm(self.branch)}"
+
 
 @dataclass(frozen=True)
-class Bottleneck:
+class Bottleneck(IRNode):
     """torchvision ResNet ``Bottleneck`` (stride on the grouped 3x3): relu(bn3(conv3(...)) + identity)."""
 
     conv1: Conv2d
@@ -193,13 +327,24 @@ class Bottleneck:
             named.append(("downsample", self.downsample))
         return tuple(named)
 
+    @property
+    def input_channels(self) -> int:
+        return self.conv1.in_channels
+
+    def trace(self, shape: Shape) -> tuple[Shape, int]:
+        out, macs = _trace_chain(tuple((n, c) for n, c in self.children() if n != "downsample"), shape)
+        return out, macs + (self.downsample.trace(shape)[1] if self.downsample is not None else 0)
+
+    def merged_norm(self) -> str:
+        return "bn3"
+
 
 Block = Union[ShuffleV2Block, ShuffleV1Block, Bottleneck]
 Node = Union[LeafOp, Sequential, Block]
 
 
 @dataclass(frozen=True)
-class Stage:
+class Stage(IRNode):
     """A named run of blocks (``stage2`` / ``layer1``); its blocks are children ``"0", "1", ...``."""
 
     name: str
@@ -208,12 +353,19 @@ class Stage:
     def children(self) -> Layers:
         return tuple((str(i), block) for i, block in enumerate(self.blocks))
 
+    @property
+    def input_channels(self) -> int | None:
+        return _first_input_channels(self.children())
+
+    def trace(self, shape: Shape) -> tuple[Shape, int]:
+        return _trace_chain(self.children(), shape)
+
 
 Family = Literal["shufflenet_v1", "shufflenet_v2", "resnext"]
 
 
 @dataclass(frozen=True)
-class NetworkSpec:
+class NetworkSpec(IRNode):
     """A whole network: ``stem`` → ``stages`` → ``head`` → global mean pool → ``fc``.
 
     Every name here is a top-level torchvision module name (``conv1``, ``maxpool``, ``stage2``, ``conv5``,
@@ -245,11 +397,19 @@ class NetworkSpec:
     def children(self) -> Layers:
         return (*self.stem, *((stage.name, stage) for stage in self.stages), *self.head, ("fc", self.fc))
 
+    @property
+    def input_channels(self) -> int:
+        return self.in_channels
+
+
+#: Every IR class, e.g. the whitelist a deserialiser may create (Keras configs).
+NODE_TYPES: tuple[type[IRNode], ...] = (Conv2d, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d, ChannelShuffle, Linear,
+                                        Sequential, ShuffleV2Block, ShuffleV1Block, Bottleneck, Stage, NetworkSpec)
+
 
 def children_of(node: object) -> Layers:
     """Named sub-layers of a container, ``()`` for a leaf op."""
-    children = getattr(node, "children", None)
-    return children() if callable(children) else ()
+    return node.children() if isinstance(node, IRNode) else ()
 
 
 def iter_leaves(node: object, prefix: str = ""):

@@ -8,12 +8,8 @@ The canonical weight format is PyTorch's ``state_dict``: torchvision key names, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-from .ir import BatchNorm2d, Conv2d, Linear, NetworkSpec, iter_leaves
-
-ParamRole = Literal["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
-
+from .ir import BatchNorm2d, Conv2d, IRNode, Linear, ParamRole, iter_leaves
 
 @dataclass(frozen=True)
 class ParamInfo:
@@ -33,20 +29,8 @@ class ParamInfo:
 
 def leaf_params(layer: str, op: object) -> list[ParamInfo]:
     """The canonical tensors of one leaf op, in ``state_dict`` order; ``[]`` for ops without weights."""
-    def info(role: ParamRole, shape: tuple[int, ...], trainable: bool) -> ParamInfo:
-        return ParamInfo(f"{layer}.{role}", layer, op, role, shape, trainable)
-
-    if isinstance(op, Conv2d):
-        out = [info("weight", op.weight_shape, True)]
-        return out + ([info("bias", (op.out_channels,), True)] if op.bias else [])
-    if isinstance(op, BatchNorm2d):
-        c = (op.num_features,)
-        return [info("weight", c, True), info("bias", c, True), info("running_mean", c, False),
-                info("running_var", c, False), info("num_batches_tracked", (), False)]
-    if isinstance(op, Linear):
-        out = [info("weight", (op.out_features, op.in_features), True)]
-        return out + ([info("bias", (op.out_features,), True)] if op.bias else [])
-    return []
+    own = op.own_params() if isinstance(op, IRNode) else ()
+    return [ParamInfo(f"{layer}.{role}", layer, op, role, shape, trainable) for role, shape, trainable in own]
 
 
 def canonical_params(node: object) -> dict[str, ParamInfo]:

@@ -7,6 +7,7 @@ BatchNorm, ReLU, pooling, shuffle and additions are not counted.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from . import ir
@@ -46,50 +47,9 @@ class ModelSummary:
         return "\n".join(rows)
 
 
-def _pool_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def trace(node: object, shape: tuple[int, int, int]) -> tuple[tuple[int, int, int], int]:
-    """``(C, H, W)`` in → ``((C, H, W) out, multiply-adds)`` for any IR node below the network level."""
-    c, h, w = shape
-    if isinstance(node, ir.Conv2d):
-        oh, ow = (_pool_size(s, node.kernel_size, node.stride, node.padding) for s in (h, w))
-        return (node.out_channels, oh, ow), oh * ow * node.out_channels * (c // node.groups) * node.kernel_size ** 2
-    if isinstance(node, (ir.MaxPool2d, ir.AvgPool2d)):
-        return (c, *(_pool_size(s, node.kernel_size, node.stride, node.padding) for s in (h, w))), 0
-    if isinstance(node, (ir.BatchNorm2d, ir.ReLU, ir.ChannelShuffle)):
-        return shape, 0
-    if isinstance(node, (ir.Sequential, ir.Stage)):
-        total = 0
-        for _, child in node.children():
-            shape, macs = trace(child, shape)
-            total += macs
-        return shape, total
-    if isinstance(node, ir.ShuffleV2Block):
-        if node.stride == 1:
-            (bc, oh, ow), macs = trace(node.branch2, (c // 2, h, w))
-            return (c // 2 + bc, oh, ow), macs
-        (c1, oh, ow), m1 = trace(node.branch1, shape)
-        (c2, _, _), m2 = trace(node.branch2, shape)
-        return (c1 + c2, oh, ow), m1 + m2
-    if isinstance(node, ir.ShuffleV1Block):
-        (bc, oh, ow), macs = trace(node.branch, shape)
-        return ((bc if node.shortcut is None else c + bc), oh, ow), macs
-    if isinstance(node, ir.Bottleneck):
-        out, macs = shape, 0
-        for name, child in node.children():
-            if name != "downsample":
-                out, m = trace(child, out)
-                macs += m
-        if node.downsample is not None:
-            macs += trace(node.downsample, shape)[1]
-        return out, macs
-    raise TypeError(f"cannot trace {type(node).__name__}")
-
-
-def _params_under(node: object) -> int:
-    return count_parameters(node)
+def trace(node: ir.IRNode, shape: tuple[int, int, int]) -> tuple[tuple[int, int, int], int]:
+    """``(C, H, W)`` in → ``((C, H, W)`` out, multiply-adds) for any IR node below the network level."""
+    return node.trace(shape)
 
 
 def summarize(spec: ir.NetworkSpec, input_size: int | tuple[int, int] = 224) -> ModelSummary:
@@ -104,7 +64,7 @@ def summarize(spec: ir.NetworkSpec, input_size: int | tuple[int, int] = 224) -> 
         for node in nodes:
             shape, m = trace(node, shape)
             macs += m
-            params += _params_under(node)
+            params += count_parameters(node)
         rows.append(StageSummary(name, shape, params, macs))
 
     add("stem", [layer for _, layer in spec.stem])
@@ -112,7 +72,7 @@ def summarize(spec: ir.NetworkSpec, input_size: int | tuple[int, int] = 224) -> 
         add(stage.name, [stage])
     if spec.head:
         add("head", [layer for _, layer in spec.head])
-    fc_params = sum(int(__import__("math").prod(p.shape)) for p in leaf_params("fc", spec.fc) if p.trainable)
+    fc_params = sum(math.prod(p.shape) for p in leaf_params("fc", spec.fc) if p.trainable)
     rows.append(StageSummary("pool", (shape[0],), 0, 0))
     rows.append(StageSummary("fc", (spec.num_classes,), fc_params, spec.fc.in_features * spec.fc.out_features))
     return ModelSummary(spec.name, (spec.in_channels, h, w), tuple(rows))
