@@ -34,3 +34,28 @@ def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     max_abs = float(np.abs(a64 - b64).max()) if a64.size else 0.0
     scale = max(float(np.abs(a64).max(initial=0.0)), float(np.abs(b64).max(initial=0.0)))
     return max_abs, (max_abs / scale if scale > 0 else max_abs)
+
+
+class WithinBound:
+    """Mixin for a result with ``max_rel`` and ``bound`` fields: it passes by :func:`within_bound`."""
+
+    max_rel: float
+    bound: float
+
+    @property
+    def ok(self) -> bool:
+        return within_bound(self.max_rel, self.bound)
+
+
+class BoundedReport:
+    """Mixin for a report holding ``results`` (each :class:`WithinBound`): it passes when it holds at least
+    one result and every one passes; :meth:`worst` is the result closest to (or furthest past) its bound."""
+
+    results: list
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.results) and all(r.ok for r in self.results)
+
+    def worst(self) -> WithinBound | None:
+        return max(self.results, key=lambda r: r.max_rel / r.bound, default=None)

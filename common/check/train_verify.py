@@ -16,12 +16,13 @@ import numpy as np
 from ..errors import GroupnetsError
 from ..spec.params import canonical_params
 from ..spec.registry import get_spec
+from .backends import DEFAULT_FRAMEWORKS, framework_label, load_backend
+from .compare import BOUNDS, BoundedReport, WithinBound, compare, to_nchw, to_nhwc
 from .random import random_input, random_labels, random_weights
-from .verify import BOUNDS, DEFAULT_FRAMEWORKS, compare, within_bound, framework_label, load_backend, to_nchw, to_nhwc
 
 
 @dataclass(frozen=True)
-class TrainResult:
+class TrainResult(WithinBound):
     model: str
     dtype: str
     a: str
@@ -32,18 +33,10 @@ class TrainResult:
     max_rel: float
     bound: float
 
-    @property
-    def ok(self) -> bool:
-        return within_bound(self.max_rel, self.bound)
-
 
 @dataclass
-class TrainReport:
+class TrainReport(BoundedReport):
     results: list[TrainResult] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.results) and all(r.ok for r in self.results)
 
     def format_table(self, failures_only: bool = False) -> str:
         lines = [f"{'model':<24}{'dtype':<9}{'pair':<30}{'quantity':<22}{'worst key':<36}{'max rel':>10}"
@@ -53,7 +46,7 @@ class TrainReport:
                 continue
             lines.append(f"{r.model:<24}{r.dtype:<9}{r.a + ' vs ' + r.b:<30}{r.quantity:<22}{r.worst_key:<36}"
                          f"{r.max_rel:>10.2e}{r.bound:>8.0e}  {'ok' if r.ok else 'FAIL'}")
-        worst = max(self.results, key=lambda r: r.max_rel / r.bound, default=None)
+        worst = self.worst()
         verdict = "all training quantities within bounds" if self.ok else "SOME TRAINING QUANTITIES EXCEED THEIR BOUND"
         if worst is not None:
             verdict += (f" (worst: {worst.model} {worst.dtype} {worst.a} vs {worst.b} {worst.quantity} "

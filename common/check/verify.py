@@ -15,8 +15,8 @@ import numpy as np
 from ..errors import GroupnetsError
 from ..spec.ir import NetworkSpec
 from ..spec.registry import get_spec
-from .backends import DEFAULT_FRAMEWORKS, KNOWN_FRAMEWORKS, framework_label, load_backend
-from .compare import BOUNDS, compare, to_nchw, to_nhwc, within_bound
+from .backends import DEFAULT_FRAMEWORKS, framework_label, load_backend
+from .compare import BOUNDS, BoundedReport, WithinBound, compare, to_nchw, to_nhwc
 from .random import random_input, random_weights
 
 
@@ -44,7 +44,7 @@ def run_framework(framework: str, node: object, weights: Mapping[str, np.ndarray
 
 
 @dataclass(frozen=True)
-class PairResult:
+class PairResult(WithinBound):
     model: str
     dtype: str
     a: str
@@ -54,22 +54,11 @@ class PairResult:
     max_rel: float
     bound: float
 
-    @property
-    def ok(self) -> bool:
-        return within_bound(self.max_rel, self.bound)
-
 
 @dataclass
-class VerifyReport:
+class VerifyReport(BoundedReport):
     results: list[PairResult] = field(default_factory=list)
     input_shape: tuple[int, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.results) and all(r.ok for r in self.results)
-
-    def worst(self) -> PairResult | None:
-        return max(self.results, key=lambda r: r.max_rel / r.bound, default=None)
 
     def first_divergence(self, model: str, dtype: str, a: str, b: str) -> str | None:
         """The first tap (stem → logits) of a pair that exceeds its bound: where to start looking."""
