@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from common.runtime.checks import check_input
+
 from .blocks import iter_modules
 from .model import Network
 
@@ -44,7 +46,8 @@ def forward_numpy(model: nnx.Module, x: np.ndarray, taps: bool = False) -> dict[
     is_network = isinstance(model, Network)
     if taps and not is_network:
         raise ValueError(f"taps=True needs a network; got a {type(model).__name__} module")
-    x = jnp.asarray(np.asarray(x), model_dtype(model))
+    x = jnp.asarray(check_input(x, getattr(model, "spec", None), channels_last=True, backend="flax_impl"),
+                    model_dtype(model))
     saved = _modes(model)
     try:
         for module, _ in saved:  # = model.eval(), without a second traversal

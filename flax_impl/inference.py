@@ -18,25 +18,24 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from common.spec.ir import NetworkSpec
+from common.runtime.inference import InferenceFunction as BaseInferenceFunction
 
 from .blocks import iter_modules
 from .bridge import model_dtype
 from .layers import Conv2d
 
 
-class InferenceFunction:
+class InferenceFunction(BaseInferenceFunction):
     """``logits = fast(x_nhwc)``: eval mode, weights frozen at creation, one compile per input shape."""
 
+    backend = "flax_impl"
+
     def __init__(self, model: nnx.Module) -> None:
-        spec = getattr(model, "spec", None)
-        if not isinstance(spec, NetworkSpec):
-            raise TypeError(f"optimize_for_inference needs a whole network, got {type(model).__name__}")
-        self.spec = spec
-        self.dtype = model_dtype(model)
+        super().__init__(model, model_dtype(model) if isinstance(model, nnx.Module) else None)
+
+    def _compiled(self, model: nnx.Module) -> Any:
         graphdef, state = nnx.split(model)
         twin = nnx.merge(graphdef, state)  # new module objects over the same (immutable) arrays
         twin.eval()  # the caller's model keeps its own train/eval flags
@@ -44,17 +43,10 @@ class InferenceFunction:
             if isinstance(module, Conv2d):
                 module.fold_bn = "all"
         graphdef, state = nnx.split(twin)
-        self._forward = jax.jit(lambda x: nnx.merge(graphdef, state)(x))
+        return jax.jit(lambda x: nnx.merge(graphdef, state)(x))
 
     def __call__(self, x: Any) -> jax.Array:
         return self._forward(jnp.asarray(x, self.dtype))
-
-    def forward_numpy(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """``{"logits": ...}`` for an NHWC NumPy array, like :func:`flax_impl.forward_numpy`."""
-        return {"logits": np.asarray(self(np.asarray(x)))}
-
-    def __repr__(self) -> str:
-        return f"InferenceFunction({self.spec.name}, dtype={self.dtype})"
 
 
 def optimize_for_inference(model: nnx.Module) -> InferenceFunction:

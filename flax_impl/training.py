@@ -22,7 +22,7 @@ from flax import nnx
 from common.spec.ir import NetworkSpec
 from common.weights.porting import to_canonical
 
-from common.runtime.checks import check_labels, check_step_hyperparameters
+from common.runtime.checks import check_input, check_labels, check_step_hyperparameters
 
 from .bridge import _modes, model_dtype
 from .layers import from_host
@@ -85,12 +85,7 @@ def train_step_numpy(model: nnx.Module, x: np.ndarray, labels: Sequence[int] | n
     check_step_hyperparameters(lr, momentum, weight_decay)
     spec = model.spec
     dtype = model_dtype(model)
-    array = np.asarray(x)
-    if isinstance(spec, NetworkSpec) and (array.ndim != 4 or array.shape[-1] != spec.in_channels):
-        raise ValueError(f"{spec.name} expects NHWC input (N, H, W, {spec.in_channels}), got shape "
-                         f"{array.shape}; flax_impl is channels_last")
-    if array.ndim == 0:
-        raise ValueError("x must have a batch dimension")
+    array = check_input(x, spec, channels_last=True, backend="flax_impl")
     classes = spec.num_classes if isinstance(spec, NetworkSpec) else getattr(spec, "out_features", None)
     if classes is None:
         raise ValueError(f"train_step_numpy needs a network (or a Linear) producing logits, got "

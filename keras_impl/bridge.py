@@ -11,6 +11,7 @@ import weakref
 import keras
 import numpy as np
 
+from common.runtime.checks import check_input
 from common.spec import ir
 
 _TAPS_MODELS: "weakref.WeakKeyDictionary[keras.Model, keras.Model]" = weakref.WeakKeyDictionary()
@@ -30,17 +31,8 @@ def taps_model(model: keras.Model) -> keras.Model:
 
 
 def _check_input(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    expected = model.inputs[0].shape  # (None, H?, W?, C) or (None, in_features)
     dtype = keras.backend.standardize_dtype(model.inputs[0].dtype)
-    x = np.asarray(x)
-    if x.ndim != len(expected):
-        raise ValueError(f"{model.name} expects a {len(expected)}-D input {tuple(expected)}, got shape {x.shape}")
-    channels = expected[-1]
-    if channels is not None and x.shape[-1] != channels:
-        hint = (" — this looks like NCHW; Keras models take channels-last NHWC (transpose 0, 2, 3, 1)"
-                if x.ndim == 4 and x.shape[1] == channels else "")
-        raise ValueError(f"{model.name} expects {channels} channels on the last axis, got shape {x.shape}{hint}")
-    return x.astype(dtype, copy=False)
+    return check_input(x, model.spec, channels_last=True, backend="keras_impl").astype(dtype, copy=False)
 
 
 def _infer(model: keras.Model, x: np.ndarray):

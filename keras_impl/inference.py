@@ -22,34 +22,30 @@ import keras
 import numpy as np
 
 from common.spec.fusion import conv_bn_pairs, fold_batch_norm
-from common.spec.ir import NetworkSpec
+from common.runtime.inference import InferenceFunction as BaseInferenceFunction
 
 from .layers import Conv2D, DepthwiseConv2D
 from .model import get_layer
 
 
-class InferenceFunction:
+class InferenceFunction(BaseInferenceFunction):
     """``logits = fast(x_nhwc)`` in eval mode. On JAX the weights are those of creation time; on TensorFlow
     and torch the function reads the model's variables. Either way, make a new one after changing weights."""
 
+    backend = "keras_impl"
+
     def __init__(self, model: keras.Model) -> None:
-        spec = getattr(model, "spec", None)
-        if not isinstance(spec, NetworkSpec):
-            raise TypeError(f"optimize_for_inference needs a whole groupnets network, got {type(model).__name__}")
-        self.spec = spec
-        self.dtype = keras.backend.standardize_dtype(model.groupnets_dtype)
-        self.backend = keras.backend.backend()
-        self._forward = _compile(model, self.backend)
+        self.keras_backend = keras.backend.backend()
+        super().__init__(model, getattr(model, "groupnets_dtype", None))
 
-    def __call__(self, x: Any) -> Any:
-        return self._forward(x)
+    def _compiled(self, model: keras.Model) -> Callable[[Any], Any]:
+        return _compile(model, self.keras_backend)
 
-    def forward_numpy(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """``{"logits": ...}`` for an NHWC NumPy array (cast to the model's dtype)."""
-        return {"logits": keras.ops.convert_to_numpy(self(np.asarray(x, self.dtype)))}
+    def _to_numpy(self, value: Any) -> np.ndarray:
+        return keras.ops.convert_to_numpy(value)
 
     def __repr__(self) -> str:
-        return f"InferenceFunction({self.spec.name}, dtype={self.dtype}, backend={self.backend})"
+        return f"InferenceFunction({self.spec.name}, dtype={self.dtype}, backend={self.keras_backend})"
 
 
 def _compile(model: keras.Model, backend: str) -> Callable[[Any], Any]:

@@ -17,8 +17,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from common.runtime.checks import check_labels, check_step_hyperparameters
-from common.spec.ir import NetworkSpec
+from common.runtime.checks import check_input, check_labels, check_step_hyperparameters
 from common.weights.porting import to_canonical
 
 from . import _autodiff
@@ -26,15 +25,7 @@ from .weights import keras_variables
 
 
 def _check_input(model: keras.Model, x: object, dtype: str) -> np.ndarray:
-    array = np.asarray(x)
-    spec = model.spec
-    if isinstance(spec, NetworkSpec) and (array.ndim != 4 or array.shape[-1] != spec.in_channels):
-        hint = (" — this looks like NCHW; transpose(0, 2, 3, 1)"
-                if array.ndim == 4 and array.shape[1] == spec.in_channels else "")
-        raise ValueError(f"{spec.name} expects NHWC input (N, H, W, {spec.in_channels}), got shape "
-                         f"{array.shape}; keras_impl is channels_last{hint}")
-    if array.ndim == 0:
-        raise ValueError("x must have a batch dimension")
+    array = check_input(x, model.spec, channels_last=True, backend="keras_impl")
     return np.ascontiguousarray(array, dtype=dtype)  # a copy in the model dtype: never the caller's buffer
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.runtime.checks import check_input
 from common.spec.ir import NetworkSpec
 
 from .weights import _unwrap
@@ -33,10 +34,7 @@ def forward_numpy(model: nn.Module, x: np.ndarray, taps: bool = False) -> dict[s
     ``{"output"}``. Each submodule's train/eval flag is restored afterwards, even on error.
     """
     spec = getattr(_unwrap(model), "spec", None)
-    array = np.asarray(x)
-    if isinstance(spec, NetworkSpec) and (array.ndim != 4 or array.shape[1] != spec.in_channels):
-        raise ValueError(f"{spec.name} expects NCHW input (N, {spec.in_channels}, H, W), got shape "
-                         f"{array.shape}; torch_impl is channels_first")
+    array = check_input(x, spec, channels_last=False, backend="torch_impl")
     # torch.tensor always copies, so an in-place ReLU can never write into the caller's array.
     inputs = torch.tensor(array, dtype=model_dtype(model), device=_device(model))
     modes = [(module, module.training) for module in model.modules()]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.errors import GroupnetsError
+from common.runtime.dtypes import dtype_name
 from common.spec import ir
 from common.spec.ir import NetworkSpec
 from common.spec.registry import get_spec
@@ -31,16 +31,7 @@ _BLOCKS = {ir.ShuffleV2Block: ShuffleV2Block, ir.ShuffleV1Block: ShuffleV1Block,
 
 def resolve_dtype(dtype: DTypeLike) -> torch.dtype:
     """``"float32"`` / ``"float64"`` (or the torch / NumPy equivalents) → ``torch.dtype``."""
-    if isinstance(dtype, torch.dtype):
-        name = str(dtype).removeprefix("torch.")
-    else:
-        try:
-            name = np.dtype(dtype).name
-        except TypeError:
-            name = str(dtype)
-    if name not in _DTYPES:
-        raise GroupnetsError(f"unsupported dtype {dtype!r}; use 'float32' or 'float64'")
-    return _DTYPES[name]
+    return _DTYPES[dtype_name(dtype)]
 
 
 class Network(nn.Module):

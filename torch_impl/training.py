@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.runtime.checks import check_labels, check_step_hyperparameters
-from common.spec.ir import NetworkSpec
+from common.runtime.checks import check_input, check_labels, check_step_hyperparameters
 from common.weights.porting import to_canonical
 
 from .bridge import _device, model_dtype
@@ -36,12 +35,7 @@ def train_step_numpy(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np
     check_step_hyperparameters(lr, momentum, weight_decay)  # before the forward touches any BN buffer
     network = _unwrap(model)
     spec = network.spec
-    array = np.asarray(x)
-    if isinstance(spec, NetworkSpec) and (array.ndim != 4 or array.shape[1] != spec.in_channels):
-        raise ValueError(f"{spec.name} expects NCHW input (N, {spec.in_channels}, H, W), got shape "
-                         f"{array.shape}; torch_impl is channels_first")
-    if array.ndim == 0:
-        raise ValueError("x must have a batch dimension")
+    array = check_input(x, spec, channels_last=False, backend="torch_impl")
     # torch.tensor copies: in-place ops can never write into the caller's array.
     inputs = torch.tensor(array, dtype=model_dtype(model), device=_device(model)).requires_grad_()
     trainable = [(name, p) for name, p in network.named_parameters() if p.requires_grad]

@@ -1,0 +1,45 @@
+"""What a compiled eval-mode forward is in every channels-last backend, written once: a callable over the
+backend's arrays that knows its network and dtype and answers ``forward_numpy`` like the model does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..spec.ir import NetworkSpec
+from .checks import check_input
+from .dtypes import dtype_name
+
+
+class InferenceFunction:
+    """``logits = fast(x)``. A backend subclass sets :attr:`backend` and :attr:`channels_last` and
+    implements :meth:`_compiled` (the backend's compiled forward) and :meth:`_to_numpy`."""
+
+    backend = "common"
+    channels_last = True
+
+    def __init__(self, model: Any, dtype: object) -> None:
+        spec = getattr(model, "spec", None)
+        if not isinstance(spec, NetworkSpec):
+            raise TypeError(f"optimize_for_inference needs a whole groupnets network, got {type(model).__name__}")
+        self.spec = spec
+        self.dtype = dtype_name(dtype)
+        self._forward = self._compiled(model)
+
+    def _compiled(self, model: Any) -> Any:
+        raise NotImplementedError
+
+    def _to_numpy(self, value: Any) -> np.ndarray:
+        return np.asarray(value)
+
+    def __call__(self, x: Any) -> Any:
+        return self._forward(x)
+
+    def forward_numpy(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """``{"logits": ...}`` for a NumPy batch in the backend's layout (checked, cast to the model's dtype)."""
+        array = check_input(x, self.spec, self.channels_last, self.backend)
+        return {"logits": self._to_numpy(self(np.asarray(array, self.dtype)))}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec.name}, dtype={self.dtype}, backend={self.backend})"
