@@ -1,34 +1,67 @@
 """IR containers → functional Keras graphs (NHWC): ``Sequential``, the three block kinds, ``Stage`` and
 whole networks. Every layer is named by its canonical dotted path (see :func:`layers.keras_name`);
 layers without weights get a descriptive suffix (``.pad``, ``.split``, ``.concat``, ``.shuffle`` ...).
+
+This is the only place that wires layers together. The wiring functions hand every layer to a
+:class:`Wire`: :class:`Build` calls it on KerasTensors (the model), while
+:mod:`keras_impl.h5_layout` records the call in a graph of layer classes (the ``.weights.h5`` layout,
+without building anything). So a new block kind is one function plus one entry in :data:`WIRING`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Union
 
 import keras
 
 from common.spec import ir
 
-from .layers import ChannelShuffle, ChannelSplit, GlobalMeanPooling2D, apply_layers, keras_name, leaf_layers
+from .layers import ChannelShuffle, ChannelSplit, GlobalMeanPooling2D, keras_name, leaf_layers
+
+#: What flows between layers: a KerasTensor when building, a graph node id when recording a layout.
+Handle = Any
 
 
-def apply_node(node: object, x, path: str, dtype: str):
-    """Apply any IR node (leaf op, ``Sequential``, block or ``Stage``) to the KerasTensor ``x``."""
-    if isinstance(node, ir.Sequential):
-        for name, child in node.children():
-            x = apply_node(child, x, keras_path(path, name), dtype)
-        return x
-    if isinstance(node, ir.Stage):
-        for name, block in node.children():
-            x = apply_node(block, x, keras_path(path, name), dtype)
-        return x
-    if isinstance(node, ir.ShuffleV2Block):
-        return shuffle_v2_block(node, x, path, dtype)
-    if isinstance(node, ir.ShuffleV1Block):
-        return shuffle_v1_block(node, x, path, dtype)
-    if isinstance(node, ir.Bottleneck):
-        return bottleneck(node, x, path, dtype)
-    return apply_layers(leaf_layers(node, path, dtype), x)
+@dataclass(frozen=True)
+class NewLayer:
+    """A block-level layer (concat, add, ...) described, not created: recording a layout needs only its
+    class and name (creating them, ~0.15 ms each, would add a tenth to the layout's time)."""
+
+    cls: type[keras.layers.Layer]
+    name: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    def create(self, dtype: str) -> keras.layers.Layer:
+        return self.cls(name=self.name, dtype=dtype, **self.config)
+
+
+#: A layer a wiring function hands over: created (a leaf op's, from ``leaf_layers``) or still to create.
+LayerLike = Union[keras.layers.Layer, NewLayer]
+
+
+class Wire(Protocol):
+    """Where the wiring functions send each layer with its inputs."""
+
+    dtype: str  # the dtype layers are created with
+
+    def call(self, layer: LayerLike, inputs: Handle | Sequence[Handle], outputs: int = 1) -> Any:
+        """Apply ``layer`` to ``inputs`` (one handle, or a list for merge layers); ``outputs`` > 1: the
+        layer returns that many tensors (``ChannelSplit``), given back as a tuple."""
+
+
+@dataclass(frozen=True)
+class Build:
+    """The wire of a real model: each layer is created and called on KerasTensors (which builds it)."""
+
+    dtype: str
+
+    def call(self, layer: LayerLike, inputs: Handle | Sequence[Handle], outputs: int = 1) -> Any:
+        if isinstance(layer, NewLayer):
+            layer = layer.create(self.dtype)
+        y = layer(inputs)
+        return y if outputs == 1 else tuple(y)
 
 
 def keras_path(prefix: str, name: str) -> str:
@@ -36,67 +69,105 @@ def keras_path(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _name(path: str, suffix: str, default: str) -> str:
-    return keras_name(path or default, suffix)
+def _new(cls: type[keras.layers.Layer], path: str, suffix: str, **config: Any) -> NewLayer:
+    """The block's weightless layer ``suffix`` (``"add"``, ``"concat"`` ...): named ``{path}.{suffix}``,
+    or ``block.{suffix}`` for a bare block."""
+    return NewLayer(cls, keras_name(path or "block", suffix), config)
 
 
-def shuffle_v2_block(block: ir.ShuffleV2Block, x, path: str, dtype: str):
+def apply_node(wire: Wire, node: object, x: Handle, path: str) -> Handle:
+    """Wire any IR node (leaf op, ``Sequential``, block or ``Stage``) onto ``x``; the kind picks the
+    wiring function from :data:`WIRING`, anything else is a leaf op."""
+    return WIRING.get(type(node), leaf)(wire, node, x, path)
+
+
+def leaf(wire: Wire, op: object, x: Handle, path: str) -> Handle:
+    """One IR leaf op: the layers :func:`layers.leaf_layers` computes it with, in order."""
+    for layer in leaf_layers(op, path, wire.dtype):
+        x = wire.call(layer, x)
+    return x
+
+
+def chain(wire: Wire, node: ir.Sequential | ir.Stage, x: Handle, path: str) -> Handle:
+    """``Sequential`` / ``Stage``: the children one after the other."""
+    for name, child in node.children():
+        x = apply_node(wire, child, x, keras_path(path, name))
+    return x
+
+
+def shuffle_v2_block(wire: Wire, block: ir.ShuffleV2Block, x: Handle, path: str) -> Handle:
     """torchvision ``InvertedResidual``: split / two branches → concat → shuffle(2, paper)."""
     if block.branch1 is None:  # stride 1: half the channels pass through untouched
-        x1, x2 = ChannelSplit(2, name=_name(path, "split", "block"), dtype=dtype)(x)
-        left, right = x1, apply_node(block.branch2, x2, keras_path(path, "branch2"), dtype)
+        x1, x2 = wire.call(_new(ChannelSplit, path, "split", sections=2), x, outputs=2)
+        left, right = x1, apply_node(wire, block.branch2, x2, keras_path(path, "branch2"))
     else:
-        left = apply_node(block.branch1, x, keras_path(path, "branch1"), dtype)
-        right = apply_node(block.branch2, x, keras_path(path, "branch2"), dtype)
-    out = keras.layers.Concatenate(axis=-1, name=_name(path, "concat", "block"), dtype=dtype)([left, right])
-    return ChannelShuffle(2, "paper", name=_name(path, "shuffle", "block"), dtype=dtype)(out)
+        left = apply_node(wire, block.branch1, x, keras_path(path, "branch1"))
+        right = apply_node(wire, block.branch2, x, keras_path(path, "branch2"))
+    out = wire.call(_new(keras.layers.Concatenate, path, "concat", axis=-1), [left, right])
+    return wire.call(_new(ChannelShuffle, path, "shuffle", groups=2, convention="paper"), out)
 
 
-def shuffle_v1_block(block: ir.ShuffleV1Block, x, path: str, dtype: str):
+def shuffle_v1_block(wire: Wire, block: ir.ShuffleV1Block, x: Handle, path: str) -> Handle:
     """ShuffleNet V1 unit: ``relu(x + branch(x))`` or ``relu(cat(shortcut(x), branch(x)))``."""
-    branch = apply_node(block.branch, x, keras_path(path, "branch"), dtype)
+    branch = apply_node(wire, block.branch, x, keras_path(path, "branch"))
     if block.shortcut is None:
-        out = keras.layers.Add(name=_name(path, "add", "block"), dtype=dtype)([x, branch])
+        out = wire.call(_new(keras.layers.Add, path, "add"), [x, branch])
     else:
-        shortcut = apply_node(block.shortcut, x, keras_path(path, "shortcut"), dtype)
+        shortcut = apply_node(wire, block.shortcut, x, keras_path(path, "shortcut"))
         # Shortcut first, as Megvii's reference code concatenates.
-        out = keras.layers.Concatenate(axis=-1, name=_name(path, "concat", "block"), dtype=dtype)(
-            [shortcut, branch])
-    return keras.layers.ReLU(name=_name(path, "relu", "block"), dtype=dtype)(out)
+        out = wire.call(_new(keras.layers.Concatenate, path, "concat", axis=-1), [shortcut, branch])
+    return wire.call(_new(keras.layers.ReLU, path, "relu"), out)
 
 
-def bottleneck(block: ir.Bottleneck, x, path: str, dtype: str):
+def bottleneck(wire: Wire, block: ir.Bottleneck, x: Handle, path: str) -> Handle:
     """torchvision ``Bottleneck``: relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1 x))))))) + identity)."""
-    def sub(name: str, node: object, t):
-        return apply_node(node, t, keras_path(path, name), dtype)
+    def sub(name: str, t: Handle) -> Handle:
+        return apply_node(wire, getattr(block, name), t, keras_path(path, name))
 
-    out = sub("conv1", block.conv1, x)
-    out = sub("bn1", block.bn1, out)
-    # torchvision reuses one ``relu`` module three times; a functional graph needs one layer per call.
-    out = keras.layers.ReLU(name=_name(path, "relu1", "block"), dtype=dtype)(out)
-    out = sub("conv2", block.conv2, out)
-    out = sub("bn2", block.bn2, out)
-    out = keras.layers.ReLU(name=_name(path, "relu2", "block"), dtype=dtype)(out)
-    out = sub("conv3", block.conv3, out)
-    out = sub("bn3", block.bn3, out)
-    identity = x if block.downsample is None else sub("downsample", block.downsample, x)
-    out = keras.layers.Add(name=_name(path, "add", "block"), dtype=dtype)([out, identity])
-    return keras.layers.ReLU(name=_name(path, "relu", "block"), dtype=dtype)(out)
+    def relu(suffix: str, t: Handle) -> Handle:
+        # torchvision reuses one ``relu`` module three times; a functional graph needs one layer per call.
+        return wire.call(_new(keras.layers.ReLU, path, suffix), t)
+
+    out = relu("relu1", sub("bn1", sub("conv1", x)))
+    out = relu("relu2", sub("bn2", sub("conv2", out)))
+    out = sub("bn3", sub("conv3", out))
+    identity = x if block.downsample is None else sub("downsample", x)
+    out = wire.call(_new(keras.layers.Add, path, "add"), [out, identity])
+    return relu("relu", out)
 
 
-def network(spec: ir.NetworkSpec, x, dtype: str) -> dict:
+#: The wiring function of every IR container kind (exact type); any other node is a leaf op.
+WIRING: dict[type, Callable[[Wire, Any, Handle, str], Handle]] = {
+    ir.Sequential: chain,
+    ir.Stage: chain,
+    ir.ShuffleV2Block: shuffle_v2_block,
+    ir.ShuffleV1Block: shuffle_v1_block,
+    ir.Bottleneck: bottleneck,
+}
+
+
+def network(wire: Wire, spec: ir.NetworkSpec, x: Handle) -> dict[str, Handle]:
     """stem → stages → head → global mean pool → ``fc``; returns every tap of ``spec.stage_names``."""
     taps = {}
     for name, node in spec.stem:
-        x = apply_node(node, x, name, dtype)
+        x = apply_node(wire, node, x, name)
     taps["stem"] = x
     for stage in spec.stages:
-        x = apply_node(stage, x, stage.name, dtype)
+        x = apply_node(wire, stage, x, stage.name)
         taps[stage.name] = x
     for name, node in spec.head:
-        x = apply_node(node, x, name, dtype)
+        x = apply_node(wire, node, x, name)
     # Global pool = mean over H, W (torchvision: x.mean([2, 3]) / AdaptiveAvgPool2d(1) + flatten).
-    x = GlobalMeanPooling2D(name="global_pool", dtype=dtype)(x)
+    x = wire.call(NewLayer(GlobalMeanPooling2D, "global_pool"), x)
     taps["pre_logits"] = x
-    taps["logits"] = apply_node(spec.fc, x, "fc", dtype)
+    taps["logits"] = apply_node(wire, spec.fc, x, "fc")
     return taps
+
+
+def wire_model(wire: Wire, spec: object, x: Handle) -> tuple[Handle, dict[str, Handle]]:
+    """The model's output for input ``x``, and its taps (a network's; ``{}`` for any other node):
+    the one entry point shared by the model build and the layout recording."""
+    if isinstance(spec, ir.NetworkSpec):
+        taps = network(wire, spec, x)
+        return taps["logits"], taps
+    return apply_node(wire, spec, x, ""), {}

@@ -42,6 +42,7 @@ import keras
 import numpy as np
 
 from common.errors import GroupnetsError, WeightsFileError, first_line
+from common.runtime.dtypes import SUPPORTED_DTYPES
 from common.spec.ir import NetworkSpec
 from common.spec.params import ParamInfo, canonical_params
 from common.spec.registry import get_spec
@@ -50,7 +51,7 @@ from common.weights.heads import infer_num_classes
 from common.weights.porting import PORTING_TABLE, check_weights, layer_kind
 
 from .h5_layout import H5Layout, keras_layout
-from .model import SUPPORTED_DTYPES, GroupNet, spec_from_model_config
+from .model import GroupNet, spec_from_model_config
 
 KERAS_FORMATS = ("keras-weights", "keras")
 SUFFIXES = {"keras-weights": ".weights.h5", "keras": ".keras"}

@@ -12,12 +12,13 @@ variables ``"0"``, ``"1"`` ... in the order it saves them::
 ``model.layers`` of a functional model is *not* creation order: Keras sorts the graph's layers by
 decreasing depth (longest path to the output), ties broken by the order of a depth-first walk from the
 output (``keras.src.ops.function.map_graph``). So the counters depend on the graph's wiring.
-:func:`keras_layout` rebuilds that order without building the model: it replays :mod:`keras_impl.blocks`'
-wiring on a tiny graph of layer *objects* — the leaf layers straight from
-:func:`keras_impl.layers.leaf_layers` (unbuilt, so cheap: no variables), the few block-level layers by
-the classes ``blocks`` uses — and runs Keras' ordering on it. Classes are never hard-coded here, and the
-layout never depends on layer names (which differ on the torch backend). ``tests/test_convert.py`` checks
-the result against files written by ``model.save_weights`` for every family on every Keras backend.
+:func:`keras_layout` rebuilds that order without building the model: it runs :mod:`keras_impl.blocks`'
+own wiring with a recording wire (:class:`_Graph`), which notes each layer's class, name, canonical keys
+and input layers instead of calling it — cheap: leaf layers come unbuilt (no variables) from
+:func:`keras_impl.layers.leaf_layers`, block-level ones as :class:`~keras_impl.blocks.NewLayer`
+descriptions that are never created — and runs Keras' ordering on that graph. Classes are never hard-coded here, and
+the group keys never depend on layer names (which differ on the torch backend). ``tests/test_convert.py``
+checks the result against files written by ``model.save_weights`` for every family.
 
 A layer's variables are saved in creation order, trainable first (``Layer.save_own_variables``;
 ``Dense`` / convolutions save kernel then bias), which is the canonical ``state_dict`` order of the op's
@@ -28,15 +29,15 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import keras
 
-from common.spec import ir
-from common.spec.params import leaf_params
+from common.spec.params import canonical_params
 
-from .blocks import _name, keras_path
-from .layers import ChannelShuffle, ChannelSplit, GlobalMeanPooling2D, leaf_layers, weight_layer_name
+from .blocks import LayerLike, NewLayer, wire_model
+from .layers import weight_layer_name
 from .model import _default_name
 
 
@@ -62,35 +63,58 @@ class H5Layout:
 
 
 def _snake_case(name: str) -> str:
-    try:  # the very function Keras keys layers with
-        from keras.src.utils.naming import to_snake_case
-    except ImportError:  # pragma: no cover - a Keras that moved it: the same rule
-        def to_snake_case(text: str) -> str:
-            text = re.sub(r"\W+", "", text)
-            text = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", text)
-            return re.sub("([a-z])([A-Z])", r"\1_\2", text).lower()
-    return to_snake_case(name)
+    """A layer class name as Keras keys its group (``TorchBatchNormalization`` → ``torch_batch_normalization``).
+
+    Keras' own rule (``keras.src.utils.naming.to_snake_case``, private), copied rather than imported;
+    ``tests/test_convert.py`` compares the groups with files ``model.save_weights`` writes, so a Keras
+    that changed the rule fails there."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _held_keys(spec: object) -> dict[str, tuple[str, ...]]:
+    """Name of each weight-holding layer → the canonical keys of its variables, in save order."""
+    held: dict[str, list[str]] = {}
+    for key, param in canonical_params(spec).items():
+        held.setdefault(weight_layer_name(param.layer, param.op), []).append(key)
+    return {name: tuple(keys) for name, keys in held.items()}
 
 
 class _Graph:
-    """Layers as nodes (class, name, canonical keys) with their input nodes — one call per layer, as in
-    every groupnets model."""
+    """A :class:`keras_impl.blocks.Wire` that records instead of building: layers as nodes (class, name,
+    canonical keys) with their input nodes — one call per layer, as in every groupnets model."""
 
-    def __init__(self) -> None:
+    dtype = "float32"  # layers are only inspected (class, name), never built: any dtype gives the layout
+
+    def __init__(self, held: dict[str, tuple[str, ...]]) -> None:
+        self.held = held
         self.classes: list[type] = []
         self.names: list[str] = []
         self.params: list[tuple[str, ...]] = []
         self.inputs: list[tuple[int, ...]] = []
 
-    def call(self, cls: type, name: str, inputs: tuple[int, ...], params: tuple[str, ...] = ()) -> int:
+    def add(self, cls: type, name: str, inputs: tuple[int, ...]) -> int:
+        """A node for a layer of class ``cls`` named ``name`` reading the nodes ``inputs``; its id."""
         self.classes.append(cls)
         self.names.append(name)
-        self.params.append(params)
+        self.params.append(self.held.get(name, ()))
         self.inputs.append(inputs)
         return len(self.classes) - 1
 
+    def call(self, layer: LayerLike, inputs: int | Sequence[int], outputs: int = 1) -> int | tuple[int, ...]:
+        cls = layer.cls if isinstance(layer, NewLayer) else type(layer)  # a NewLayer is never created here
+        node = self.add(cls, layer.name, tuple(inputs) if isinstance(inputs, Sequence) else (inputs,))
+        return node if outputs == 1 else (node,) * outputs  # a layer's outputs all come from its one node
+
     def order(self, output: int) -> list[int]:
-        """Keras' ``model.layers`` order (``keras.src.ops.function.map_graph`` / ``_build_map``)."""
+        """Keras' ``model.layers`` order, without building the model.
+
+        Re-implements ``keras.src.ops.function.map_graph`` / ``_build_map`` (private; Keras has no public
+        API that orders a graph's layers before they are built): layers by decreasing depth, ties by
+        their first visit in a depth-first walk from the output. ``tests/test_convert.py`` compares the
+        resulting groups with ``model.save_weights`` files, so a Keras that orders differently fails there.
+        """
         index: dict[int, int] = {}  # layer → position in the depth-first walk from the output (pre-order)
         finished: set[int] = set()
         post: list[int] = []  # Keras' nodes_in_decreasing_depth
@@ -116,78 +140,12 @@ class _Graph:
         return sorted(post, key=lambda n: (-depth[n], index[n]))
 
 
-# ------------------------------------------- keras_impl.blocks' wiring, on layer classes instead of tensors
-def _node(g: _Graph, node: object, x: int, path: str) -> int:
-    if isinstance(node, (ir.Sequential, ir.Stage)):
-        for name, child in node.children():
-            x = _node(g, child, x, keras_path(path, name))
-        return x
-    if isinstance(node, ir.ShuffleV2Block):
-        return _shuffle_v2_block(g, node, x, path)
-    if isinstance(node, ir.ShuffleV1Block):
-        return _shuffle_v1_block(g, node, x, path)
-    if isinstance(node, ir.Bottleneck):
-        return _bottleneck(g, node, x, path)
-    keys = tuple(p.key.lstrip(".") for p in leaf_params(path, node))
-    holder = weight_layer_name(path, node) if keys else None
-    for layer in leaf_layers(node, path, "float32"):
-        x = g.call(type(layer), layer.name, (x,), keys if layer.name == holder else ())
-    return x
-
-
-def _shuffle_v2_block(g: _Graph, block: ir.ShuffleV2Block, x: int, path: str) -> int:
-    if block.branch1 is None:
-        split = g.call(ChannelSplit, _name(path, "split", "block"), (x,))
-        left, right = split, _node(g, block.branch2, split, keras_path(path, "branch2"))
-    else:
-        left = _node(g, block.branch1, x, keras_path(path, "branch1"))
-        right = _node(g, block.branch2, x, keras_path(path, "branch2"))
-    out = g.call(keras.layers.Concatenate, _name(path, "concat", "block"), (left, right))
-    return g.call(ChannelShuffle, _name(path, "shuffle", "block"), (out,))
-
-
-def _shuffle_v1_block(g: _Graph, block: ir.ShuffleV1Block, x: int, path: str) -> int:
-    branch = _node(g, block.branch, x, keras_path(path, "branch"))
-    if block.shortcut is None:
-        out = g.call(keras.layers.Add, _name(path, "add", "block"), (x, branch))
-    else:
-        shortcut = _node(g, block.shortcut, x, keras_path(path, "shortcut"))
-        out = g.call(keras.layers.Concatenate, _name(path, "concat", "block"), (shortcut, branch))
-    return g.call(keras.layers.ReLU, _name(path, "relu", "block"), (out,))
-
-
-def _bottleneck(g: _Graph, block: ir.Bottleneck, x: int, path: str) -> int:
-    def sub(name: str, node: object, t: int) -> int:
-        return _node(g, node, t, keras_path(path, name))
-
-    out = sub("bn1", block.bn1, sub("conv1", block.conv1, x))
-    out = g.call(keras.layers.ReLU, _name(path, "relu1", "block"), (out,))
-    out = sub("bn2", block.bn2, sub("conv2", block.conv2, out))
-    out = g.call(keras.layers.ReLU, _name(path, "relu2", "block"), (out,))
-    out = sub("bn3", block.bn3, sub("conv3", block.conv3, out))
-    identity = x if block.downsample is None else sub("downsample", block.downsample, x)
-    out = g.call(keras.layers.Add, _name(path, "add", "block"), (out, identity))
-    return g.call(keras.layers.ReLU, _name(path, "relu", "block"), (out,))
-
-
-def _network(g: _Graph, spec: ir.NetworkSpec, x: int) -> int:
-    for name, node in spec.stem:
-        x = _node(g, node, x, name)
-    for stage in spec.stages:
-        x = _node(g, stage, x, stage.name)
-    for name, node in spec.head:
-        x = _node(g, node, x, name)
-    x = g.call(GlobalMeanPooling2D, "global_pool", (x,))
-    return _node(g, spec.fc, x, "fc")
-
-
 @functools.lru_cache(maxsize=16)
 def keras_layout(spec: object) -> H5Layout:
     """The ``.weights.h5`` layout of ``keras_impl.build(spec)`` (any dtype; ``num_classes`` changes only
     the ``fc`` shapes, never the layout)."""
-    g = _Graph()
-    x = g.call(keras.layers.InputLayer, "input", ())
-    out = _network(g, spec, x) if isinstance(spec, ir.NetworkSpec) else _node(g, spec, x, "")
+    g = _Graph(_held_keys(spec))
+    out, _ = wire_model(g, spec, g.add(keras.layers.InputLayer, "input", ()))
     used: dict[str, int] = {}
     layers = []
     for node in g.order(out):

@@ -17,37 +17,27 @@ import keras
 import numpy as np
 
 from common.errors import GroupnetsError, SpecError, UnknownModelError
+from common.runtime.dtypes import SUPPORTED_DTYPES, dtype_name  # noqa: F401 (SUPPORTED_DTYPES re-exported)
 from common.spec import ir
 from common.spec.registry import get_spec
 
-from .blocks import apply_node, network
+from .blocks import Build, wire_model
 from .layers import keras_name, placeholder_init
 from .weights import load_weights
 
-SUPPORTED_DTYPES = ("float32", "float64")
-
-_IR_TYPES: dict[str, type] = {
-    cls.__name__: cls
-    for cls in (ir.Conv2d, ir.BatchNorm2d, ir.ReLU, ir.MaxPool2d, ir.AvgPool2d, ir.ChannelShuffle,
-                ir.Linear, ir.Sequential, ir.ShuffleV2Block, ir.ShuffleV1Block, ir.Bottleneck, ir.Stage,
-                ir.NetworkSpec)
-}
-_BUILDABLE = tuple(_IR_TYPES.values())
+#: The IR dataclasses a saved config may create, by class name (nothing else is ever instantiated).
+_IR_TYPES: dict[str, type] = {cls.__name__: cls for cls in ir.NODE_TYPES}
 
 
 # ------------------------------------------------------------------------------------------- dtype
 def check_dtype(dtype: Any) -> str:
-    """Normalise ``dtype`` to ``"float32"`` / ``"float64"``; refuse float64 that would silently be float32.
+    """Normalise ``dtype`` to ``"float32"`` / ``"float64"`` (:func:`common.runtime.dtypes.dtype_name`, the
+    parser every backend shares); refuse float64 that would silently be float32.
 
     On the JAX backend without x64, JAX truncates float64 to float32 on every array creation, so a
     "float64" model would compute in float32 without any error. Detected without importing jax.
     """
-    try:
-        name = np.dtype(dtype).name
-    except TypeError:
-        name = str(dtype)
-    if name not in SUPPORTED_DTYPES:
-        raise GroupnetsError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
+    name = dtype_name(dtype)
     if name == "float64" and keras.backend.backend() == "jax":
         probe = keras.ops.convert_to_tensor(np.zeros(1, "float64"))
         if keras.backend.standardize_dtype(probe.dtype) != "float64":
@@ -104,29 +94,9 @@ def input_shape(node: object) -> tuple:
 
     Weightless ops (ReLU, pools, shuffle) keep any channel count, so theirs is ``None``.
     """
-    if isinstance(node, ir.Linear):
+    if isinstance(node, ir.Linear):  # the only node that takes flat features, not an image
         return (node.in_features,)
-    return (None, None, input_channels(node))
-
-
-def input_channels(node: object) -> int | None:
-    if isinstance(node, ir.NetworkSpec):
-        return node.in_channels
-    if isinstance(node, ir.Conv2d):
-        return node.in_channels
-    if isinstance(node, ir.BatchNorm2d):
-        return node.num_features
-    if isinstance(node, (ir.ShuffleV2Block, ir.ShuffleV1Block)):
-        return node.in_channels
-    if isinstance(node, ir.Bottleneck):
-        return node.conv1.in_channels
-    if isinstance(node, (ir.Sequential, ir.Stage)):
-        # Weightless ops keep the channel count, so the first op that knows it decides.
-        for _, child in node.children():
-            channels = input_channels(child)
-            if channels is not None:
-                return channels
-    return None
+    return (None, None, node.input_channels)
 
 
 @keras.saving.register_keras_serializable(package="groupnets")
@@ -139,16 +109,11 @@ class GroupNet(keras.Model):
 
     def __init__(self, spec: object, dtype: str = "float32", name: str | None = None,
                  trainable: bool = True) -> None:
-        if not isinstance(spec, _BUILDABLE):
+        if not isinstance(spec, ir.NODE_TYPES):
             raise TypeError(f"build() takes a groupnets IR node, got {type(spec).__name__}")
         dtype = check_dtype(dtype)
         inputs = keras.Input(input_shape(spec), dtype=dtype, name="input")
-        if isinstance(spec, ir.NetworkSpec):
-            taps = network(spec, inputs, dtype)
-            outputs = taps["logits"]
-        else:
-            taps = {}
-            outputs = apply_node(spec, inputs, "", dtype)
+        outputs, taps = wire_model(Build(dtype), spec, inputs)
         super().__init__(inputs=inputs, outputs=outputs, name=name or _default_name(spec),
                          trainable=trainable)
         self.dtype_policy = dtype  # so model.dtype reports the dtype every layer was built with
