@@ -18,7 +18,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "summary": ("spec.summary",), "shuffle": ("spec.shuffle",), "fusion": ("spec.fusion",),
     "porting": ("weights.porting",), "weights_io": ("weights.files",), "xla_cpu": ("runtime.xla_cpu",),
     "labels": ("runtime.checks", "check.random"), "oracle": ("check.oracle",),
-    "random_weights": ("check.random",), "verify": ("check.verify",), "train_verify": ("check.train_verify",),
+    "random_weights": ("check.random",), "verify": ("check.verify", "check.backends", "check.compare"), "train_verify": ("check.train_verify",),
     "convert": ("files.convert",),
 }
 

@@ -21,7 +21,8 @@ import numpy as np
 
 import store
 from common import get_spec, random_input, random_weights
-from common.check.verify import BOUNDS, compare, run_framework
+from common.check.compare import BOUNDS, compare
+from common.check.verify import run_framework
 
 #: The order ``.ci/test`` runs the Keras backends in (the first is also the main run's).
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")

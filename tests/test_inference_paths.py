@@ -13,7 +13,7 @@ import pytest
 
 import store
 from common import get_spec, ir, list_models, random_input
-from common.check.verify import BOUNDS, compare
+from common.check.compare import BOUNDS, compare
 from common.spec.fusion import conv_bn_pairs
 from conftest import import_backend
 from harness import FULL, network_outputs, network_weights

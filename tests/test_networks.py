@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from common import count_parameters, get_spec, list_models
-from common.check.verify import BOUNDS, compare
+from common.check.compare import BOUNDS, compare
 from conftest import import_backend
 from harness import FULL, TRAINABLE, network_outputs, pair_major, run_pairs
 

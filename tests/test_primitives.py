@@ -9,9 +9,10 @@ from hypothesis import given, seed
 from hypothesis import strategies as st
 
 from common import SpecError, ir, random_input, random_weights
+from common.check.compare import BOUNDS, compare
 from common.check.oracle import channel_shuffle as oracle_shuffle
 from common.check.oracle import channel_split as oracle_split
-from common.check.verify import BOUNDS, compare, run_framework
+from common.check.verify import run_framework
 from common.spec.primitives import depthwise_conv, depthwise_separable_conv, grouped_conv
 from harness import native_layout, primitive_output, to_numpy, to_tensor
 from conftest import FRAMEWORKS, import_backend
@@ -174,7 +175,7 @@ FLAX_PATH_CASES = [
 def test_flax_fast_conv_paths_match_lax(conv, path, shape, dtype):
     """flax_impl's "auto" conv (+ eval-mode BatchNorm, folded on the taps path) vs ``impl="lax"`` and the oracle."""
     flax_impl = import_backend("flax")
-    from common.check.verify import to_nhwc
+    from common.check.compare import to_nhwc
     from flax_impl.layers import conv_path
     path = path if dtype == "float32" or path != "split" else "lax"  # float64 never splits (common.runtime.xla_cpu)
     assert conv_path(conv, "auto", dtype) == path and conv_path(conv, "lax", dtype) == "lax"

@@ -12,7 +12,8 @@ import pytest
 
 from common import (WeightsFileError, WeightsMismatchError, canonical_params, get_spec, load_weights,
                     random_weights, save_weights)
-from common.check.verify import compare, run_framework
+from common.check.compare import compare
+from common.check.verify import run_framework
 from conftest import FRAMEWORKS, import_backend
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import SpecError
-from .build_helpers import conv, conv_bn, round_half_up, sequential
+from .build_helpers import conv_bn, round_half_up, sequential
 from .ir import AvgPool2d, ChannelShuffle, Linear, MaxPool2d, NetworkSpec, ShuffleV1Block, Stage
 
 PAPER_STAGE2_WIDTH = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}  # Table 1, 1.0x
