@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from common.runtime import xla_conv
+from common.runtime.dtypes import dtype_name
 from common.runtime.xla_cpu import split_groups, use_taps
 from common.spec import ir
 from common.spec.shuffle import check_shuffle, shuffle_view
@@ -23,9 +25,6 @@ from common.spec.shuffle import check_shuffle, shuffle_view
 #: Full-precision matmuls / convs: on GPU/TPU the default float32 precision may use TF32/bfloat16 passes,
 #: which would break the 1e-5 cross-framework tolerance. On CPU this is what XLA does anyway.
 PRECISION = jax.lax.Precision.HIGHEST
-
-_SUPPORTED_DTYPES = ("float32", "float64")
-
 
 # ------------------------------------------------------------------------------------------- dtypes
 def resolve_dtype(dtype: Any) -> np.dtype:
@@ -35,12 +34,7 @@ def resolve_dtype(dtype: Any) -> np.dtype:
     "float64" arrays in float32. float32 models stay float32 either way (every layer gets explicit
     ``dtype`` / ``param_dtype``).
     """
-    try:
-        resolved = np.dtype(dtype)
-    except TypeError:
-        raise ValueError(f"dtype must be one of {_SUPPORTED_DTYPES}, got {dtype!r}") from None
-    if resolved.name not in _SUPPORTED_DTYPES:
-        raise ValueError(f"dtype must be one of {_SUPPORTED_DTYPES}, got {dtype!r}")
+    resolved = np.dtype(dtype_name(dtype))
     if resolved == np.float64 and not jax.config.jax_enable_x64:
         jax.config.update("jax_enable_x64", True)
     return resolved
@@ -178,27 +172,14 @@ def conv_lax(x: jax.Array, kernel: jax.Array, stride: int, pad: int, groups: int
 
 def conv_matmul(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """A dense 1x1 conv (no padding) as a matmul over channels: XLA's GEMM beats its conv for this."""
-    if stride > 1:
-        x = x[:, ::stride, ::stride, :]
+    x = xla_conv.subsample(x, (stride, stride))
     return jnp.einsum("nhwi,io->nhwo", x, kernel[0, 0], precision=PRECISION)
 
 
 def shifted_taps(x: jax.Array, size: int, stride: int, pad: int) -> Iterator[tuple[int, int, jax.Array]]:
     """``(dy, dx, x_pad[:, dy::stride, dx::stride][:ho, :wo])`` for every kernel tap of a VALID conv on the
-    zero-padded input. Stride > 1 first splits the input into stride² phases, so every tap is a contiguous
-    slice (strided slices were ~1.5x slower)."""
-    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    n, h, w, c = x.shape
-    ho, wo = (h - size) // stride + 1, (w - size) // stride + 1
-    if ho < 1 or wo < 1:
-        raise ValueError(f"Conv2d: padded input {h}x{w} is smaller than the {size}x{size} kernel")
-    hp, wp = -(-h // stride) * stride, -(-w // stride) * stride  # round up to whole phases
-    x = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
-    phases = x.reshape(n, hp // stride, stride, wp // stride, stride, c)
-    for dy in range(size):
-        for dx in range(size):
-            y0, x0 = dy // stride, dx // stride
-            yield dy, dx, phases[:, y0:y0 + ho, dy % stride, x0:x0 + wo, dx % stride, :]
+    zero-padded input, read through stride² phases (:func:`common.runtime.xla_conv.windows`)."""
+    return xla_conv.windows(jnp, x, (size, size), (stride, stride), pad)
 
 
 def conv_taps(x: jax.Array, kernel: jax.Array, stride: int, pad: int, groups: int) -> jax.Array:
@@ -263,30 +244,18 @@ _taps_with_tap_gradient.defvjp(_taps_forward, _grouped_taps_backward)
 
 
 def taps_sum(x: jax.Array, kernel: jax.Array, stride: int, pad: int, groups: int) -> jax.Array:
-    """Any conv as ``Σ_taps Σ_j  tap[..., g, j] · kernel[dy, dx, j, g, :]`` (``j`` = input channel within
-    group ``g``): k·k·in/groups broadcast multiply-adds that XLA fuses into one loop. Depthwise is
-    ``j ∈ {0}`` with the channel multiplier as the last axis (output channel ``c·mult + m``, PyTorch's order)."""
-    size, _, per_in, out = kernel.shape
-    per_out = out // groups
-    kernel = kernel.reshape(size, size, per_in, groups, per_out)
-    acc = None
-    for dy, dx, tap in shifted_taps(x, size, stride, pad):
-        tap = tap.reshape(*tap.shape[:3], groups, per_in)
-        for j in range(per_in):
-            term = tap[..., j:j + 1] * kernel[dy, dx, j]
-            acc = term if acc is None else acc + term
-    return acc.reshape(*acc.shape[:3], out)
+    """Any conv (depthwise included) as k·k·in/groups shifted broadcast multiply-adds that XLA fuses into
+    one loop (:func:`common.runtime.xla_conv.taps_sum`)."""
+    return xla_conv.taps_sum(jnp, x, kernel, groups, (stride, stride), pad)
 
 
 def conv_split(x: jax.Array, kernel: jax.Array, stride: int, pad: int, groups: int) -> jax.Array:
     """A grouped conv as one dense product per group (XLA CPU's grouped conv is 3-7x slower): for 1x1
     groups one batched matmul (:func:`conv_grouped_matmul`), otherwise one dense conv per group,
-    concatenated."""
+    concatenated (:func:`common.runtime.xla_conv.per_group`)."""
     if kernel.shape[:2] == (1, 1) and pad == 0:
         return conv_grouped_matmul(x, kernel, stride, groups)
-    per_in, per_out = x.shape[-1] // groups, kernel.shape[-1] // groups
-    return jnp.concatenate([conv_lax(x[..., i * per_in:(i + 1) * per_in], kernel[..., i * per_out:(i + 1) * per_out],
-                                     stride, pad, 1) for i in range(groups)], axis=-1)
+    return xla_conv.per_group(jnp, x, kernel, groups, lambda a, b: conv_lax(a, b, stride, pad, 1))
 
 
 def conv_grouped_matmul(x: jax.Array, kernel: jax.Array, stride: int, groups: int) -> jax.Array:
@@ -297,15 +266,16 @@ def conv_grouped_matmul(x: jax.Array, kernel: jax.Array, stride: int, groups: in
     per group: XLA compiles each slice as a kernel of its own (579 of V1 g8's 830), so ShuffleNet V1 g8
     1.0x's first call took 8.9 CPU-s that way and 3.1 this way, and it runs faster too (batch 32 at 224:
     446 → 409 ms; g3: 293 → 263 ms; batch 1: 13.3 → 10.8 / 9.1 → 8.6 ms; 2026-12-02, interleaved). Written
-    as an einsum over the NHWC view instead, XLA lays the product out channel-major (1.2-1.6x slower)."""
-    if stride > 1:
-        x = x[:, ::stride, ::stride, :]
-    n, h, w, _ = x.shape
-    per_in, out = kernel.shape[2], kernel.shape[3]
-    rows = x.reshape(n * h * w, groups, per_in).transpose(1, 0, 2)
-    weights = kernel[0, 0].reshape(per_in, groups, out // groups).transpose(1, 0, 2)
-    y = jax.lax.dot_general(rows, weights, (((2,), (1,)), ((0,), (0,))), precision=PRECISION)
-    return y.transpose(1, 0, 2).reshape(n, h, w, out)
+    as an einsum over the NHWC view instead, XLA lays the product out channel-major (1.2-1.6x slower).
+    The arithmetic is :func:`common.runtime.xla_conv.grouped_matmul`'s; the matmul is ``dot_general`` at
+    :data:`PRECISION`."""
+    x = xla_conv.subsample(x, (stride, stride))
+    return xla_conv.grouped_matmul(jnp, x, kernel[0, 0], groups, _batched_matmul)
+
+
+def _batched_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b`` batched over the leading axis, at full precision."""
+    return jax.lax.dot_general(a, b, (((2,), (1,)), ((0,), (0,))), precision=PRECISION)
 
 
 # -------------------------------------------------------------------------------------- modules

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from common.runtime import xla_conv
 from common.runtime.xla_cpu import split_groups, use_taps
 from common.spec import ir
 from common.spec.shuffle import CONVENTIONS
@@ -317,8 +318,13 @@ class TorchBatchNormalization(keras.layers.BatchNormalization):
 # Shifted multiply-adds (``common.runtime.xla_cpu``): ResNeXt-50 stage 1 at batch 32, 150 → 59 ms per conv; whole
 # network (Keras JAX inference, same process) 2255 → 1900 ms, batch 1 63 → 54 ms; ShuffleNet V2's 3x3
 # stem as taps instead of im2col: 112 → 90 ms at batch 32. Taps are read through stride² phases
-# (:func:`_windows`), never strided or bare slices: a bare slice let XLA fuse the producer (bias + ReLU +
-# pad) into every one of the k·k·in/g terms and recompute it (ResNeXt stage 1: 56 → 147 ms).
+# (``common.runtime.xla_conv.windows``), never strided or bare slices: a bare slice let XLA fuse the producer
+# (bias + ReLU + pad) into every one of the k·k·in/g terms and recompute it (ResNeXt stage 1: 56 → 147 ms).
+#
+# The formulations' arithmetic (phase windows, taps sum, batched grouped 1x1 matmul, per-group split) is
+# ``common.runtime.xla_conv``, shared with flax_impl; what stays here is which one runs per Keras backend
+# and compiler, the TF-graph fallbacks for dynamic dims, depthwise on Keras's (kh, kw, C, mult) kernel, and
+# the torch NCHW view.
 #
 # "NCHW view conv" (torch backend): ``ops.conv(..., data_format="channels_first")`` on
 # ``ops.transpose(x, (0, 3, 1, 2))``, which on torch is a free view with channels-last strides, so
@@ -359,52 +365,6 @@ def _uses_xla(x) -> bool:
     return backend == "jax" or (backend == "tensorflow" and _in_tf_xla(x))
 
 
-def _windows(x, kh: int, kw: int, strides: tuple[int, int]):
-    """``(i, j, window)`` for every kernel tap of a VALID conv (see :func:`_window`). With static spatial
-    dims the input is first reshaped into stride² phases (at stride 1 too), so every window is a contiguous
-    slice of one array: XLA runs strided slices about 1.5x slower, and bare slices let it fuse the
-    producer of ``x`` into every window and recompute it (measured 2.6x slower, see the table above).
-    Dynamic dims (TensorFlow traces) fall back to :func:`_window`."""
-    sh, sw = strides
-    _, h, w, c = x.shape
-    if h is None or w is None:
-        for i in range(kh):
-            for j in range(kw):
-                yield i, j, _window(x, i, j, kh, kw, strides)
-        return
-    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
-    hp, wp = -(-h // sh) * sh, -(-w // sw) * sw  # round up to whole phases
-    if (hp, wp) != (h, w):
-        x = ops.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
-    phases = ops.reshape(x, (-1, hp // sh, sh, wp // sw, sw, c))
-    for i in range(kh):
-        for j in range(kw):
-            y0, x0 = i // sh, j // sw
-            yield i, j, phases[:, y0:y0 + ho, i % sh, x0:x0 + wo, j % sw, :]
-
-
-def _grouped_taps(x, kernel, groups: int, strides: tuple[int, int]):
-    """A VALID grouped conv as ``Σ_taps Σ_c window[..., g, c] · kernel[i, j, c, g, :]``: k·k·in/groups
-    broadcast multiply-adds that XLA fuses into one loop (faster than per-group convs for narrow groups)."""
-    kh, kw, per_in, out = kernel.shape
-    kernel = ops.reshape(kernel, (kh, kw, per_in, groups, out // groups))
-    acc = None
-    for i, j, window in _windows(x, kh, kw, strides):
-        lead = tuple(window.shape[:3])
-        window = ops.reshape(window, (*lead, groups, per_in))
-        for c in range(per_in):
-            term = window[..., c:c + 1] * kernel[i, j, c]
-            acc = term if acc is None else acc + term
-    return ops.reshape(acc, (*lead, out))
-
-
-def _window(x, i: int, j: int, kh: int, kw: int, strides: tuple[int, int]):
-    """The input values kernel tap ``(i, j)`` meets in a VALID conv: ``x[:, i::s, j::s]`` cut to the output
-    size. Negative stops, so it also works on dynamic (None) spatial dims."""
-    sh, sw = strides
-    return x[:, i:(i - (kh - 1)) or None:sh, j:(j - (kw - 1)) or None:sw, :]
-
-
 def _nchw_view_conv(x, kernel, strides):
     """torch backend: conv on a channels-last-strided NCHW view (no layout copies), back to NHWC."""
     y = ops.conv(ops.transpose(x, (0, 3, 1, 2)), kernel, strides=strides, padding="valid",
@@ -413,26 +373,13 @@ def _nchw_view_conv(x, kernel, strides):
 
 
 def _grouped_matmul(x, kernel, groups: int):
-    """A grouped 1x1 conv on NHWC ``x`` (``kernel`` ``(in/g, out)``) as one matmul batched over the groups:
-    ``(groups, rows, in/g) @ (groups, in/g, out/g)``, transposed back. The same dot products as one matmul
-    per group, without a slice per group, which XLA compiles as a kernel of its own (ShuffleNet V1 g8 1.0x,
-    JAX: first call about 3x cheaper, and faster: flax_impl.layers.conv_grouped_matmul has the figures).
-    Spatial dims unknown while tracing (TF graphs): one matmul per group."""
+    """A grouped 1x1 conv on NHWC ``x`` (``kernel`` ``(in/g, out)``) as one matmul batched over the groups
+    (``common.runtime.xla_conv.grouped_matmul``). Spatial dims unknown while tracing (TF graphs): one
+    matmul per group, as the batched one needs them to reshape back."""
     _, h, w, c = x.shape
     if h is None or w is None or c is None:
-        return _per_group(x, kernel, groups, lambda a, b: ops.einsum("...i,io->...o", a, b))
-    per_in, out = c // groups, kernel.shape[-1]
-    rows = ops.transpose(ops.reshape(x, (-1, groups, per_in)), (1, 0, 2))
-    weights = ops.transpose(ops.reshape(kernel, (per_in, groups, out // groups)), (1, 0, 2))
-    return ops.reshape(ops.transpose(ops.matmul(rows, weights), (1, 0, 2)), (-1, h, w, out))
-
-
-def _per_group(x, kernel, groups: int, dense):
-    """A grouped conv as ``dense(x_slice, kernel_slice)`` per group, concatenated on channels: per-group
-    matmuls for 1x1 (``kernel`` ``(in/g, out)``), per-group dense convs for k x k (HWIO)."""
-    xs = ops.split(x, groups, axis=-1)
-    ks = ops.split(kernel, groups, axis=-1)
-    return ops.concatenate([dense(a, b) for a, b in zip(xs, ks)], axis=-1)
+        return xla_conv.per_group(ops, x, kernel, groups, lambda a, b: ops.einsum("...i,io->...o", a, b))
+    return xla_conv.grouped_matmul(ops, x, kernel, groups, ops.matmul)
 
 
 @_REGISTER
@@ -461,7 +408,7 @@ class Conv2D(keras.layers.Conv2D):
         # float64 under XLA: one grouped conv, never one op per group (common.runtime.xla_cpu.split_groups)
         one_grouped_conv = g > 1 and not split_groups(self.compute_dtype) and _uses_xla(inputs)
         if (kh, kw) == (1, 1):
-            x = inputs if strides == (1, 1) else inputs[:, ::strides[0], ::strides[1], :]
+            x = xla_conv.subsample(inputs, strides)
             if g == 1:
                 if backend == "jax":
                     return ops.einsum("...i,io->...o", x, kernel[0, 0])  # einsum keeps float64 everywhere
@@ -470,9 +417,10 @@ class Conv2D(keras.layers.Conv2D):
                 return super().convolution_op(inputs, kernel)
             return _grouped_matmul(x, kernel[0, 0], g)
         if backend == "jax" and use_taps(kh, kw, cin_g):
-            return _grouped_taps(inputs, kernel, g, strides)
+            return xla_conv.taps_sum(ops, inputs, kernel, g, strides)
         if g > 1 and not one_grouped_conv:
-            return _per_group(inputs, kernel, g, lambda a, b: ops.conv(a, b, strides=strides, padding="valid"))
+            return xla_conv.per_group(ops, inputs, kernel, g,
+                                      lambda a, b: ops.conv(a, b, strides=strides, padding="valid"))
         return super().convolution_op(inputs, kernel)
 
 
@@ -508,10 +456,12 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     @staticmethod
     def _shifted(x, kernel, strides):
         """sum over taps (i, j) of window(i, j) * kernel[i, j]; the multiplier m repeats each channel m
-        times in place (output channel c*m + j, as Keras / PyTorch order them)."""
+        times in place (output channel c*m + j, as Keras / PyTorch order them). Keras's own kernel layout
+        ``(kh, kw, C, m)``, so not ``xla_conv.taps_sum`` (which reads ``(kh, kw, 1, C·m)``); the same
+        phase windows (``xla_conv.windows``), which also take TF+XLA's dynamic dims."""
         kh, kw, c, m = kernel.shape
         y = None
-        for i, j, window in _windows(x, kh, kw, strides):
+        for i, j, window in xla_conv.windows(ops, x, (kh, kw), strides):
             if m == 1:
                 term = window * kernel[i, j, :, 0]
             else:

@@ -1,4 +1,6 @@
-"""What every backend applies at run time, written once: argument checks shared by the three entry
-points, and the XLA CPU thresholds the channels-last backends compile by. Imports :mod:`common.spec`
-and :mod:`common.errors` only; no framework.
+"""What every backend applies at run time, written once: the dtype names and argument checks of the
+three entry points, the compiled-inference base, and — for the backends that compile with XLA (Flax,
+Keras on JAX / TensorFlow) — the CPU thresholds and the fast-conv arithmetic over an array namespace
+(``xla_conv``: the caller passes ``jax.numpy`` or ``keras.ops``). Imports :mod:`common.spec` and
+:mod:`common.errors` only; no framework.
 """
