@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from common import get_spec
+from common import (GroupnetsError, UnknownModelError, WeightsMismatchError, get_spec, random_input,
+                    random_weights)
 from conftest import FRAMEWORKS, import_backend
 
 CONTRACT = Path(__file__).resolve().parent.parent / "docs" / "backend-contract.md"
@@ -78,3 +79,32 @@ def test_a_custom_spec_keeps_its_classes(framework):
     spec = get_spec("shufflenet_v2_x0_5", 10)
     assert backend.create_model(spec).spec.num_classes == 10
     assert backend.create_model("shufflenet_v2_x0_5").spec.num_classes == 1000
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_bad_input_raises_the_same_error_type_everywhere(framework):
+    """The same mistakes raise the same ``common.errors`` types in every backend (they drifted: a weight
+    mismatch was WeightsMismatchError in torch, ValueError in Keras, RuntimeError in Flax)."""
+    backend = import_backend(framework)
+    spec = get_spec("shufflenet_v2_x0_5", 10)
+    with pytest.raises(UnknownModelError):
+        backend.create_model("shufflenet_v9")
+    with pytest.raises(GroupnetsError, match="dtype must be one of"):
+        backend.build(spec, "int8")
+    weights = random_weights(spec, 0, "float32", calibrate=False)
+    missing = {k: v for k, v in weights.items() if k != "fc.bias"}
+    with pytest.raises(WeightsMismatchError, match="fc.bias"):
+        backend.build(spec, "float32", weights=missing)
+    reshaped = {**weights, "conv1.0.weight": weights["conv1.0.weight"][:, :2]}
+    with pytest.raises(WeightsMismatchError, match="conv1.0.weight"):
+        backend.build(spec, "float32", weights=reshaped)
+    model = backend.build(spec, "float32", weights=weights)
+    nchw = random_input((2, 3, 16, 16))
+    wrong = nchw.transpose(0, 2, 3, 1) if backend.DATA_FORMAT == "channels_first" else nchw
+    for call in (lambda: backend.forward_numpy(model, wrong),
+                 lambda: backend.train_step_numpy(model, wrong, [0, 1])):
+        with pytest.raises(GroupnetsError, match="looks like"):
+            call()
+    right = nchw if backend.DATA_FORMAT == "channels_first" else nchw.transpose(0, 2, 3, 1)
+    with pytest.raises(GroupnetsError, match="labels"):
+        backend.train_step_numpy(model, right, [0, 10])
