@@ -26,7 +26,7 @@ from ..errors import GroupnetsError, WeightsFileError
 from ..spec.ir import NetworkSpec
 from ..spec.params import canonical_params
 from ..spec.registry import get_spec, list_models
-from ..weights.files import atomic_output, check_readable_file, load_weights, save_weights
+from ..weights.files import atomic_output, check_destination, check_readable_file, load_weights, save_weights
 from ..weights.heads import infer_num_classes
 from ..weights.porting import check_weights
 
@@ -124,13 +124,7 @@ def convert(model: str | NetworkSpec, source: str | Path, destination: str | Pat
     and runs :func:`common.check.verify.verify` with those weights; NaN/Inf weights fail it by name.
     """
     src_fmt, dst_fmt = detect_format(source, source_format), detect_format(destination, destination_format)
-    destination = Path(destination)
-    if destination.is_dir():
-        raise WeightsFileError(f"{destination}: is a directory, expected a file path")
-    if not destination.parent.exists():
-        raise WeightsFileError(f"{destination}: directory {destination.parent} does not exist")
-    if destination.exists() and not overwrite:
-        raise WeightsFileError(f"{destination}: exists; refusing to overwrite (use --force)")
+    destination = check_destination(destination, overwrite)
     if Path(source).resolve() == destination.resolve():
         raise WeightsFileError(f"{destination}: source and destination are the same file")
     name = model.name if isinstance(model, NetworkSpec) else model

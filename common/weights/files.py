@@ -20,9 +20,9 @@ from ..errors import WeightsFileError
 FORMAT_VERSION = "groupnets-canonical/1"
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it over ``path``, else delete it."""
+def check_destination(path: str | os.PathLike, overwrite: bool) -> Path:
+    """``path`` as a file a writer may create: not a directory, in an existing directory, and not an
+    existing file unless ``overwrite``; else :class:`WeightsFileError` saying which."""
     target = Path(path)
     if target.is_dir():
         raise WeightsFileError(f"{target}: is a directory, expected a file path")
@@ -30,6 +30,13 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[P
         raise WeightsFileError(f"{target}: directory {target.parent} does not exist")
     if target.exists() and not overwrite:
         raise WeightsFileError(f"{target}: exists; refusing to overwrite (use --force / overwrite=True)")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it over ``path``, else delete it."""
+    target = check_destination(path, overwrite)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
