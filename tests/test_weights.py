@@ -193,3 +193,24 @@ def test_bad_weight_files_are_clear_errors(tmp_path, case):
         return
     with pytest.raises(WeightsFileError, match=str(path.name)):
         load_weights(path)
+
+
+def test_torch_compiled_model_ports_like_its_module(tmp_path):
+    """``torch.compile`` wraps the module as ``_orig_mod`` (a private attribute, docs/private-hooks.md):
+    export / load see through the wrapper, and its ``_orig_mod.``-prefixed checkpoint reads as canonical.
+    Nothing here compiles (the wrapper compiles on its first call)."""
+    import torch
+    import torch_impl
+    from common.files.convert import read_weights
+
+    spec = get_spec("shufflenet_v2_x0_5", 10)
+    weights = random_weights(spec, 0, "float32", calibrate=False)
+    compiled = torch.compile(torch_impl.build(spec))
+    torch_impl.load_weights(compiled, weights)
+    exported = torch_impl.export_weights(compiled)
+    assert list(exported) == list(weights)
+    assert all(np.array_equal(exported[k], v) for k, v in weights.items())
+    torch.save(compiled.state_dict(), tmp_path / "compiled.pth")
+    assert next(iter(compiled.state_dict())).startswith("_orig_mod.")
+    read, _ = read_weights(tmp_path / "compiled.pth")
+    assert all(np.array_equal(read[k], v) for k, v in weights.items()) and read.keys() == weights.keys()
