@@ -88,9 +88,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     result = convert(args.model, args.source, args.destination, source_format=args.from_format,
                      destination_format=args.to_format, num_classes=args.num_classes, overwrite=args.force,
-                     verify=args.verify, verify_size=args.size)
+                     verify=args.verify, verify_size=args.size, state_dict_key=args.state_dict)
     print(f"{result.source} ({result.source_format}) -> {result.destination} ({result.destination_format}): "
           f"{result.model}, {result.num_classes} classes, {result.tensors} tensors, {result.parameters:,} values")
+    if result.container:
+        print(f"read {result.container}")
     if result.report is not None:
         print(result.report.format_table())
         return EXIT_OK if result.report.ok else EXIT_MISMATCH
@@ -106,6 +108,9 @@ def _add_convert_parser(sub: Any) -> None:
     p.add_argument("--to", dest="to_format", choices=list(FORMATS))
     p.add_argument("--num-classes", type=int, help="default: inferred from fc.weight")
     p.add_argument("--force", action="store_true", help="overwrite the destination")
+    p.add_argument("--state-dict", metavar="KEY",
+                   help="the entry of a PyTorch training checkpoint to read (e.g. state_dict_ema); default: "
+                        "the only one, or timm's plain state_dict")
     p.add_argument("--verify", action="store_true", help="re-read the output and verify across frameworks")
     p.add_argument("--size", type=int, default=64, help="input size for --verify (default 64)")
     p.add_argument("--keras-backend", choices=["tensorflow", "jax", "torch"],

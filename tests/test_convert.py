@@ -81,14 +81,95 @@ class _Exploit:
         return (os.system, ("touch /tmp/groupnets_pwned",))
 
 
-def test_pickled_code_is_refused_never_run(tmp_path):
-    path = tmp_path / "evil.pth"
-    with open(path, "wb") as handle:
-        pickle.dump({"conv1.0.weight": _Exploit()}, handle)
+@pytest.mark.parametrize("name", ["evil.pth", "evil.pth.tar", "evil.bin", "evil.ckpt"])
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_pickled_code_is_refused_never_run(tmp_path, name, writer):
+    path = tmp_path / name
+    payload = {"state_dict": {"conv1.0.weight": _Exploit()}, "epoch": 3}
+    if writer == "pickle":
+        with open(path, "wb") as handle:
+            pickle.dump(payload, handle)
+    else:
+        import torch
+        torch.save(payload, path)
     Path("/tmp/groupnets_pwned").unlink(missing_ok=True)
-    with pytest.raises(WeightsFileError, match="evil.pth"):
+    with pytest.raises(WeightsFileError, match=re.escape(name)):
         read_weights(path)
     assert not Path("/tmp/groupnets_pwned").exists()
+
+
+# ------------------------------------------------------------------ checkpoints as users have them
+def _torch_file(path: Path, payload: object) -> Path:
+    import torch
+    torch.save(payload, path)
+    return path
+
+
+def _tensors(weights: dict, prefix: str = "") -> dict:
+    import torch
+    return {prefix + k: torch.from_numpy(np.array(v)) for k, v in weights.items()}
+
+
+def _read_container(path: Path, **options) -> tuple[dict, str]:
+    from common.files.convert import read_weights_file
+    weights, metadata = read_weights_file(path, **options)
+    return weights, metadata.get("container", "")
+
+
+@pytest.mark.parametrize("name", ["ckpt.pth.tar", "ckpt.tar", "pytorch_model.bin", "last.ckpt", "w.pt"])
+def test_torch_checkpoint_names_people_use_all_read(tmp_path, name):
+    weights = random_weights(get_spec(MODEL), 0, calibrate=False)
+    path = _torch_file(tmp_path / name, _tensors(weights))
+    result = convert(MODEL, path, tmp_path / "out.safetensors")
+    assert result.source_format == "torch" and result.container == "a plain state_dict"
+    read, _ = read_weights(tmp_path / "out.safetensors")
+    assert all(np.array_equal(read[k], v) for k, v in weights.items())
+
+
+@pytest.mark.parametrize("wrapper, prefix", [("state_dict", "module."), ("state_dict", "model."),
+                                             ("model_state_dict", ""), ("model", "module.")])
+def test_training_checkpoints_unwrap_and_report_what_they_ignore(tmp_path, wrapper, prefix):
+    import torch
+    weights = random_weights(get_spec(MODEL), 0, calibrate=False)
+    payload = {"epoch": 90, "arch": MODEL, "best_acc1": torch.tensor(71.2), wrapper: _tensors(weights, prefix),
+               "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}}
+    read, container = _read_container(_torch_file(tmp_path / "ckpt.pth.tar", payload))
+    assert read.keys() == weights.keys() and all(np.array_equal(read[k], v) for k, v in weights.items())
+    assert f"under {wrapper!r}" in container and "epoch, arch, best_acc1, optimizer" in container
+    assert (f"prefix {prefix!r} removed" in container) == bool(prefix)
+
+
+def test_timm_checkpoint_reads_the_plain_weights_unless_asked_for_the_ema(tmp_path):
+    spec = get_spec(MODEL)
+    plain, ema = (random_weights(spec, seed, calibrate=False) for seed in (0, 1))
+    path = _torch_file(tmp_path / "model_best.pth.tar", {"state_dict": _tensors(plain), "state_dict_ema": _tensors(ema),
+                                                        "epoch": 3})
+    read, container = _read_container(path)
+    assert np.array_equal(read["fc.weight"], plain["fc.weight"]) and "state_dict_ema" in container
+    read, container = _read_container(path, state_dict_key="state_dict_ema")
+    assert np.array_equal(read["fc.weight"], ema["fc.weight"]) and "under 'state_dict_ema'" in container
+
+
+def test_two_candidate_state_dicts_need_a_choice(tmp_path):
+    weights = _tensors(random_weights(get_spec(MODEL), 0, calibrate=False))
+    path = _torch_file(tmp_path / "both.pth", {"state_dict": weights, "model": weights})
+    with pytest.raises(WeightsFileError, match="both.pth: holds state dicts under 'state_dict', 'model'; choose"):
+        read_weights(path)
+    with pytest.raises(WeightsFileError, match="no state_dict under 'ema'"):
+        read_weights(path, state_dict_key="ema")
+
+
+@pytest.mark.parametrize("held, named, says", [("canonical", "w.pth", "is a safetensors file, not a torch file"),
+                                               ("torch", "w.safetensors", "is a PyTorch checkpoint"),
+                                               ("keras-weights", "w.msgpack", "is an HDF5 file"),
+                                               ("flax", "w.keras", "is a msgpack file")])
+def test_a_misnamed_file_is_told_what_it_holds(tmp_path, held, named, says):
+    real, _ = _source(tmp_path, held)
+    misnamed = tmp_path / named
+    real.rename(misnamed)
+    with pytest.raises(WeightsFileError, match=re.escape(f"{misnamed}: {says}")):
+        convert(MODEL, misnamed, tmp_path / "out.pth" if held != "torch" else tmp_path / "out.msgpack")
+    assert not (tmp_path / "out.pth").exists() and not (tmp_path / "out.msgpack").exists()
 
 
 def test_transfer_learning_skips_and_reports_the_head(framework):
@@ -142,7 +223,7 @@ def _bad(tmp_path, case):
         path.mkdir()
         return MODEL, path, out, "is a directory"
     if case == "unknown extension":
-        return MODEL, good, tmp_path / "out.ckpt", "unknown extension"
+        return MODEL, good, tmp_path / "out.weights", "unknown extension"
     if case == "missing directory":
         return MODEL, good, tmp_path / "nope" / "out.pth", "does not exist"
     if case == "exists":

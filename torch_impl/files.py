@@ -1,10 +1,14 @@
-"""PyTorch weight files (``.pth`` / ``.pt``) ⇄ canonical NumPy weights, for :mod:`common.files.convert`.
+"""PyTorch weight files (``.pth``, ``.pt``, ``.pth.tar``, ``.tar``, ``.bin``, ``.ckpt``) ⇄ canonical NumPy
+weights, for :mod:`common.files.convert`.
 
 Reading never unpickles code: always ``torch.load(..., weights_only=True)``, whose restricted unpickler
 refuses any global it does not know (a custom class, ``os.system``, ...) *before* calling it. Accepted:
-a plain ``state_dict``, a checkpoint dict wrapping one under ``"state_dict"`` / ``"model_state_dict"`` /
-``"model"`` (first present wins, in that order), and keys prefixed by ``module.`` (DataParallel / DDP) or
-``_orig_mod.`` (``torch.compile``) when *every* key carries the prefix. Nothing inside the state_dict is
+a plain ``state_dict``; a training checkpoint wrapping one under ``"state_dict"`` / ``"model_state_dict"``
+/ ``"model"`` / ``"state_dict_ema"`` (one of them, or the one ``state_dict_key`` names; timm's
+``state_dict`` + ``state_dict_ema`` pair defaults to the plain one), whose other entries (epoch, optimizer
+state, arch, best accuracy) are reported and ignored; and keys prefixed by ``module.`` (DataParallel /
+DDP), ``model.`` (Lightning) or ``_orig_mod.`` (``torch.compile``) when *every* key carries the prefix.
+What was unwrapped is reported in the metadata's ``"container"``. Nothing inside the state_dict is
 dropped: a non-tensor value is an error, not skipped.
 
 Writing produces exactly what ``model.state_dict()`` saves — a plain ``OrderedDict`` of tensors in
@@ -35,14 +39,15 @@ from common.spec.params import canonical_params
 from common.weights.porting import check_weights
 
 TORCH_FORMATS = ("torch",)
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
-STRIPPED_PREFIXES = ("module.", "_orig_mod.")
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema")
+STRIPPED_PREFIXES = ("module.", "model.", "_orig_mod.")
 METADATA_KEY = "groupnets_metadata"
 
 
 def _check_format(fmt: str) -> None:
     if fmt not in TORCH_FORMATS:
-        raise WeightsFileError(f"torch_impl reads and writes only the 'torch' format (.pth / .pt), not {fmt!r}")
+        raise WeightsFileError(f"torch_impl reads and writes only the 'torch' format (.pth, .pt, .pth.tar, "
+                               f".tar, .bin, .ckpt), not {fmt!r}")
 
 
 def _looks_like_safetensors(source: Path) -> bool:
@@ -88,21 +93,44 @@ def _strings(source: Path, value: object) -> dict[str, str]:
     return dict(value)
 
 
-def _state_dict(source: Path, loaded: object) -> tuple[Mapping[str, object], dict[str, str]]:
-    """The state_dict inside a loaded checkpoint, and its groupnets metadata (``{}`` when absent)."""
+def _chosen_wrapper(source: Path, loaded: Mapping, state_dict_key: str | None) -> str | None:
+    """The checkpoint entry holding the state_dict: ``state_dict_key``, the only candidate, or timm's
+    plain ``state_dict`` next to ``state_dict_ema``; None for a plain state_dict."""
+    candidates = [key for key in WRAPPER_KEYS if isinstance(loaded.get(key), Mapping)]
+    if state_dict_key is not None:
+        if not isinstance(loaded.get(state_dict_key), Mapping):
+            raise WeightsFileError(f"{source}: has no state_dict under {state_dict_key!r}; it has "
+                                   f"{', '.join(map(repr, candidates)) or 'none'}")
+        return state_dict_key
+    if len(candidates) > 1 and set(candidates) != {"state_dict", "state_dict_ema"}:
+        raise WeightsFileError(f"{source}: holds state dicts under {', '.join(map(repr, candidates))}; choose "
+                               f"one with --state-dict KEY (state_dict_key=)")
+    return candidates[0] if candidates else None
+
+
+def _state_dict(source: Path, loaded: object, state_dict_key: str | None = None
+                ) -> tuple[Mapping[str, object], dict[str, str]]:
+    """The state_dict inside a loaded checkpoint, and its metadata: groupnets' own (when present) and
+    ``"container"``, what was unwrapped and what was ignored."""
     if isinstance(loaded, torch.nn.Module):  # cannot happen with weights_only, kept for clarity
         raise WeightsFileError(f"{source}: holds a whole module, not a state_dict")
     if not isinstance(loaded, Mapping):
         raise WeightsFileError(f"{source}: holds a {type(loaded).__name__}, expected a state_dict (a dict of "
                                f"tensors) or a checkpoint dict with one of {', '.join(WRAPPER_KEYS)}")
     metadata: dict[str, str] = {}
-    for key in WRAPPER_KEYS:
-        inner = loaded.get(key)
-        if isinstance(inner, Mapping):
-            if METADATA_KEY in loaded:
-                metadata = _strings(source, loaded[METADATA_KEY])
-            loaded = inner
-            break
+    wrapper = _chosen_wrapper(source, loaded, state_dict_key)
+    if wrapper is None:
+        container = "a plain state_dict"
+    else:
+        if METADATA_KEY in loaded:
+            metadata = _strings(source, loaded[METADATA_KEY])
+        ignored = [str(key) for key in loaded if key not in (wrapper, METADATA_KEY)]
+        container = f"the state_dict under {wrapper!r} of a checkpoint"
+        if ignored:
+            container += f" (ignored: {', '.join(ignored[:8])}{', ...' if len(ignored) > 8 else ''})"
+        if wrapper == "state_dict" and isinstance(loaded.get("state_dict_ema"), Mapping):
+            container += "; an EMA copy is under 'state_dict_ema' (--state-dict state_dict_ema)"
+        loaded = loaded[wrapper]
     state = dict(loaded)
     if METADATA_KEY in state:
         metadata = _strings(source, state.pop(METADATA_KEY))
@@ -115,20 +143,22 @@ def _state_dict(source: Path, loaded: object) -> tuple[Mapping[str, object], dic
     if not_tensors:
         shown = ", ".join(not_tensors[:8]) + (f", ... (+{len(not_tensors) - 8} more)" if len(not_tensors) > 8 else "")
         raise WeightsFileError(f"{source}: state_dict values must be tensors; not tensors: {shown}")
-    return state, metadata
+    return state, {**metadata, "container": container}
 
 
-def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove ``module.`` / ``_orig_mod.`` while every key carries it (DataParallel, DDP, torch.compile)."""
-    state = dict(state)
+def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Remove ``module.`` / ``model.`` / ``_orig_mod.`` while every key carries it (DataParallel, DDP,
+    Lightning, torch.compile); the prefixes removed, in order."""
+    state, removed = dict(state), []
     stripped = True
     while stripped:
         stripped = False
         for prefix in STRIPPED_PREFIXES:
             if all(key.startswith(prefix) for key in state):
                 state = {key[len(prefix):]: value for key, value in state.items()}
+                removed.append(prefix)
                 stripped = True
-    return state
+    return state, removed
 
 
 def _to_numpy(source: Path, key: str, tensor: torch.Tensor) -> np.ndarray:
@@ -144,19 +174,23 @@ def _to_numpy(source: Path, key: str, tensor: torch.Tensor) -> np.ndarray:
                                f"{first_line(error)}") from None
 
 
-def read_file(path: str | os.PathLike, fmt: str, spec: NetworkSpec | None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """A ``.pth`` / ``.pt`` file → ``(canonical weights, metadata)``; never executes pickled code.
+def read_file(path: str | os.PathLike, fmt: str, spec: NetworkSpec | None, *, state_dict_key: str | None = None
+              ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """A PyTorch file → ``(canonical weights, metadata)``; never executes pickled code.
 
     ``spec`` is not needed (the keys *are* canonical) and is not used to filter anything; whether the
     weights fit a model is :func:`common.check_weights`' job (``common.files.convert`` calls it with the
-    ``num_classes`` the file's ``fc`` implies). Errors are :class:`WeightsFileError` naming the file.
+    ``num_classes`` the file's ``fc`` implies). ``state_dict_key`` picks a training checkpoint's entry
+    (module docstring). Errors are :class:`WeightsFileError` naming the file.
     """
     _check_format(fmt)
     source = Path(path)
     if not source.is_file():
         raise WeightsFileError(f"{source}: {'is a directory, expected a weights file' if source.is_dir() else 'no such file'}")
-    state, metadata = _state_dict(source, _load(source))
-    state = _strip_prefixes(state)
+    state, metadata = _state_dict(source, _load(source), state_dict_key)
+    state, removed = _strip_prefixes(state)
+    if removed:
+        metadata["container"] += f", key prefix {' + '.join(map(repr, removed))} removed"
     weights = {key: _to_numpy(source, key, value) for key, value in state.items()}
     return weights, metadata
 

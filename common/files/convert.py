@@ -3,13 +3,15 @@
 | format | extensions | read / written by |
 |---|---|---|
 | ``canonical`` | ``.safetensors`` | :mod:`common.weights.files` (metadata: model, num_classes, format) |
-| ``torch`` | ``.pth``, ``.pt`` | ``torch_impl`` — ``torch.load(weights_only=True)``; plain, wrapped (``state_dict`` / ``model``) or DataParallel (``module.``) state_dicts |
+| ``torch`` | ``.pth``, ``.pt``, ``.pth.tar``, ``.tar``, ``.bin``, ``.ckpt`` | ``torch_impl`` — ``torch.load(weights_only=True)``; plain, wrapped (``state_dict`` / ``model``) or DataParallel (``module.``) state_dicts |
 | ``keras-weights`` | ``.weights.h5`` | ``keras_impl`` — ``model.save_weights`` / ``load_weights`` |
 | ``keras`` | ``.keras`` | ``keras_impl`` — whole model, loaded with ``safe_mode=True`` |
 | ``flax`` | ``.msgpack`` | ``flax_impl`` — ``flax.serialization`` msgpack of the NNX state + metadata |
 
 Every path goes through canonical weights, so there is one porting table and N readers + N writers
-instead of N² converters. Outputs are written atomically; inputs are never unpickled.
+instead of N² converters. Outputs are written atomically; inputs are never unpickled. An existing file
+is read by what it holds (:mod:`common.files.sniff`), so any name works for a recognised file and a
+misnamed one is an error saying what it really is.
 """
 
 from __future__ import annotations
@@ -29,29 +31,44 @@ from ..spec.registry import get_spec, list_models
 from ..weights.files import atomic_output, check_destination, check_readable_file, load_weights, save_weights
 from ..weights.heads import infer_num_classes
 from ..weights.porting import check_weights
+from .sniff import KINDS, sniff
 
 #: format → (backend package or None for common, extensions)
 FORMATS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "canonical": (None, (".safetensors",)),
-    "torch": ("torch", (".pth", ".pt")),
+    "torch": ("torch", (".pth", ".pt", ".pth.tar", ".tar", ".bin", ".ckpt")),
     "keras-weights": ("keras", (".weights.h5",)),
     "keras": ("keras", (".keras",)),
     "flax": ("flax", (".msgpack",)),
 }
 
 
-def detect_format(path: str | Path, explicit: str | None = None) -> str:
-    """The format named by ``explicit``, else by the file name's ending (longest match first)."""
+def _format_by_name(path: str | Path) -> str | None:
+    name = Path(path).name.lower()
+    matches = [(len(ext), fmt) for fmt, (_, exts) in FORMATS.items() for ext in exts if name.endswith(ext)]
+    return max(matches)[1] if matches else None
+
+
+def detect_format(path: str | Path, explicit: str | None = None, *, reading: bool = False) -> str:
+    """The format named by ``explicit``; else, for a file to read (``reading``), the one its content
+    shows (an error if its name says another); else the one its name's ending says (longest match)."""
     if explicit is not None:
         if explicit not in FORMATS:
             raise WeightsFileError(f"unknown format {explicit!r}; choose from {', '.join(FORMATS)}")
         return explicit
-    name = Path(path).name.lower()
-    matches = [(len(ext), fmt) for fmt, (_, exts) in FORMATS.items() for ext in exts if name.endswith(ext)]
-    if not matches:
+    by_name = _format_by_name(path)
+    kind = sniff(path) if reading and Path(path).is_file() else None
+    if kind is not None:
+        by_content, what = KINDS[kind]
+        if by_name is not None and by_name != by_content:
+            raise WeightsFileError(f"{path}: is {what}, not a {by_name} file as its name says; rename it or "
+                                   f"pass --from {by_content}")
+        return by_content
+    if by_name is None:
         known = ", ".join(ext for _, exts in FORMATS.values() for ext in exts)
-        raise WeightsFileError(f"{path}: unknown extension; use one of {known} (or --from/--to)")
-    return max(matches)[1]
+        unknown = "unknown extension and unrecognised content" if reading else "unknown extension"
+        raise WeightsFileError(f"{path}: {unknown}; use one of {known} (or --from/--to)")
+    return by_name
 
 
 def _backend(fmt: str):
@@ -59,26 +76,40 @@ def _backend(fmt: str):
     return None if framework is None else load_backend(framework)
 
 
-def read_weights(path: str | Path, fmt: str | None = None, model: str | NetworkSpec | None = None
-                 ) -> tuple[dict[str, np.ndarray], str | None]:
+def read_weights(path: str | Path, fmt: str | None = None, model: str | NetworkSpec | None = None, *,
+                 state_dict_key: str | None = None) -> tuple[dict[str, np.ndarray], str | None]:
     """Read any supported file → ``(canonical weights, model name recorded in the file or None)``.
 
-    ``model`` is needed only by formats that do not record the architecture (``.weights.h5``).
+    ``model`` is needed only by formats that do not record the architecture (``.weights.h5``);
+    ``state_dict_key`` picks the entry of a PyTorch training checkpoint (e.g. ``"state_dict_ema"``).
+    :func:`read_weights_file` also says what was unwrapped.
     """
-    fmt = detect_format(path, fmt)
+    weights, metadata = read_weights_file(path, fmt, model, state_dict_key=state_dict_key)
+    return weights, metadata.get("model")
+
+
+def read_weights_file(path: str | Path, fmt: str | None = None, model: str | NetworkSpec | None = None, *,
+                      state_dict_key: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """:func:`read_weights` with the file's whole metadata: ``"model"`` when recorded, and for a PyTorch
+    file ``"container"`` (what was unwrapped, what was ignored)."""
     source = check_readable_file(path)
+    fmt = detect_format(source, fmt, reading=True)
     backend = _backend(fmt)
     spec = None if model is None else get_spec(model) if isinstance(model, str) else model
     if backend is None:
         weights, metadata = load_weights(source)
     else:
-        weights, metadata = backend.read_file(source, fmt, spec)
+        options = {} if state_dict_key is None else {"state_dict_key": state_dict_key}
+        if options and fmt != "torch":
+            raise WeightsFileError(f"{source}: state_dict_key picks an entry of a PyTorch checkpoint; this is "
+                                   f"a {fmt} file")
+        weights, metadata = backend.read_file(source, fmt, spec, **options)
     recorded = metadata.get("model")
     order_spec = spec if spec is not None else (get_spec(recorded) if recorded in list_models() else None)
     if order_spec is not None:  # state_dict order (safetensors stores keys sorted); unknown keys last
         rank = {key: i for i, key in enumerate(canonical_params(order_spec))}
         weights = dict(sorted(weights.items(), key=lambda item: rank.get(item[0], len(rank))))
-    return dict(weights), recorded
+    return dict(weights), dict(metadata)
 
 
 def write_weights(path: str | Path, weights: Mapping[str, np.ndarray], spec: NetworkSpec, fmt: str | None = None,
@@ -110,26 +141,30 @@ class ConvertResult:
     tensors: int
     parameters: int
     report: object | None = None  # a VerifyReport with --verify
+    container: str | None = None  # what was unwrapped from a PyTorch checkpoint
 
 
 def convert(model: str | NetworkSpec, source: str | Path, destination: str | Path, *,
             source_format: str | None = None, destination_format: str | None = None,
             num_classes: int | None = None, overwrite: bool = False, verify: bool = False,
-            verify_size: int = 64) -> ConvertResult:
+            verify_size: int = 64, state_dict_key: str | None = None) -> ConvertResult:
     """Convert a weight file for ``model`` between any two formats; optionally prove equivalence.
 
     Checks everything that can be checked before writing anything: formats, the destination (exists
     without ``overwrite``, missing directory), the model name recorded in the source, and every key,
     shape and dtype (one error listing all). ``verify`` re-reads the written file (must be bit-exact)
     and runs :func:`common.check.verify.verify` with those weights; NaN/Inf weights fail it by name.
+    ``state_dict_key`` picks the entry of a PyTorch training checkpoint (:func:`read_weights`).
     """
-    src_fmt, dst_fmt = detect_format(source, source_format), detect_format(destination, destination_format)
+    src_fmt = detect_format(check_readable_file(source), source_format, reading=True)
+    dst_fmt = detect_format(destination, destination_format)
     destination = check_destination(destination, overwrite)
     if Path(source).resolve() == destination.resolve():
         raise WeightsFileError(f"{destination}: source and destination are the same file")
     name = model.name if isinstance(model, NetworkSpec) else model
     base_spec = get_spec(model)
-    weights, recorded = read_weights(source, src_fmt, base_spec)
+    weights, metadata = read_weights_file(source, src_fmt, base_spec, state_dict_key=state_dict_key)
+    recorded = metadata.get("model")
     if recorded and recorded != name:
         raise WeightsFileError(f"{source}: holds weights for {recorded!r}, not {name!r}")
     classes = num_classes if num_classes is not None else (infer_num_classes(weights) or base_spec.num_classes)
@@ -141,7 +176,8 @@ def convert(model: str | NetworkSpec, source: str | Path, destination: str | Pat
             raise GroupnetsError(f"{source}: NaN/Inf in {len(bad)} tensors: {', '.join(bad[:8])}")
     write_weights(destination, weights, spec, dst_fmt, overwrite=overwrite)
     result = ConvertResult(Path(source), destination, src_fmt, dst_fmt, spec.name, classes, len(weights),
-                           sum(int(np.size(v)) for k, v in weights.items() if not k.endswith("num_batches_tracked")))
+                           sum(int(np.size(v)) for k, v in weights.items() if not k.endswith("num_batches_tracked")),
+                           container=metadata.get("container"))
     if verify:
         written, _ = read_weights(destination, dst_fmt, spec)
         changed = [k for k in weights if k not in written or not np.array_equal(written[k], weights[k])]
