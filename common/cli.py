@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .check import backends
 from .check.train_verify import verify_train
 from .check.verify import verify
 from .errors import GroupnetsError
@@ -33,7 +34,11 @@ def _size(values: Sequence[int]) -> tuple[int, int]:
 
 
 def _prepare_environment(args: argparse.Namespace) -> None:
-    """Settings frameworks read at import time, so they must be set before any backend is imported."""
+    """Settings frameworks read at import time, so they must be set before any backend is imported; and
+    no framework start-up log lines in the command's output (TF_CPP_MIN_LOG_LEVEL for what TensorFlow
+    logs later; the import itself is quiet through ``backends.QUIET_IMPORTS``)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    backends.QUIET_IMPORTS = True
     backend = getattr(args, "keras_backend", None)
     if backend is None and "KERAS_BACKEND" not in os.environ:
         backend = getattr(args, "default_keras_backend", None)  # a command's own default (convert: jax)

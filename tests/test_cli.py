@@ -62,3 +62,15 @@ def test_list():
     result = run("list", "resnext")
     assert result.returncode == 0 and result.stdout.split()[::3] == [
         "resnext101_32x8d", "resnext101_64x4d", "resnext50_32x4d"]
+
+
+def test_a_command_prints_no_framework_log_lines(tmp_path):
+    """TensorFlow's C++ start-up notices (absl, oneDNN, CPU features) are not silenced by any environment
+    variable; the command imports the frameworks with them captured, so its output is only its own."""
+    source = Path(__file__).parent / "fixtures" / "files_4206595" / "w.safetensors"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = subprocess.run([GROUPNETS, "convert", "shufflenet_v1_g3_x0_5", str(source), str(tmp_path / "w.weights.h5"),
+                          "--keras-backend", "tensorflow"], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
+    assert out.stdout.splitlines()[0].startswith(f"{source} (canonical) -> ")
