@@ -16,7 +16,8 @@ from .check import backends
 from .check.train_verify import verify_train
 from .check.verify import verify
 from .errors import GroupnetsError
-from .files.convert import FORMATS, convert, read_weights
+from .files.convert import FORMATS, convert, model_of, read_weights, read_weights_without_model
+from .files.inspect import inspect_file
 from .spec.params import count_parameters
 from .spec.registry import get_spec, list_models
 from .spec.summary import summarize
@@ -50,10 +51,13 @@ def _prepare_environment(args: argparse.Namespace) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    models = list_models() if args.all else (args.models or ["shufflenet_v2_x1_0"])
     frameworks = tuple(f.strip() for f in args.frameworks.split(",") if f.strip())
     weights = None
-    if args.weights:
+    if args.weights and not args.models and not args.all:  # the model the file's keys and shapes fit
+        weights, _ = read_weights_without_model(args.weights)
+        args.models = [model_of(args.weights, weights)]
+    models = list_models() if args.all else (args.models or ["shufflenet_v2_x1_0"])
+    if args.weights and weights is None:
         if len(models) != 1:
             raise GroupnetsError("--weights verifies one model; name it")
         weights, source_model = read_weights(args.weights, model=models[0])
@@ -91,12 +95,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    result = convert(args.model, args.source, args.destination, source_format=args.from_format,
+    if len(args.paths) not in (2, 3):
+        raise GroupnetsError("convert takes [MODEL] SOURCE DESTINATION")
+    model, source, destination = ([None] + args.paths)[-3:]
+    result = convert(model, source, destination, source_format=args.from_format,
                      destination_format=args.to_format, num_classes=args.num_classes, overwrite=args.force,
                      verify=args.verify, verify_size=args.size, state_dict_key=args.state_dict)
     print(f"{result.source} ({result.source_format}) -> {result.destination} ({result.destination_format}): "
           f"{result.model}, {result.num_classes} classes, {result.tensors} tensors, {result.parameters:,} values")
-    if result.container:
+    if result.container and result.container != "a plain state_dict":
         print(f"read {result.container}")
     if result.report is not None:
         print(result.report.format_table())
@@ -104,11 +111,25 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    report = inspect_file(args.file, args.from_format, state_dict_key=args.state_dict)
+    print(report.to_json() if args.json else report.format_text())
+    return EXIT_OK
+
+
+def _add_inspect_parser(sub: Any) -> None:
+    p = sub.add_parser("inspect", help="what a weight file holds: format, container, model(s), classes, dtypes")
+    p.add_argument("file")
+    p.add_argument("--from", dest="from_format", choices=list(FORMATS), help="read as this format")
+    p.add_argument("--state-dict", metavar="KEY", help="the entry of a PyTorch training checkpoint to read")
+    p.add_argument("--json", action="store_true", help="the report as JSON, for scripts")
+    p.set_defaults(func=_cmd_inspect, default_keras_backend="jax")
+
+
 def _add_convert_parser(sub: Any) -> None:
     p = sub.add_parser("convert", help="convert a weight file between torch / canonical / keras / flax formats")
-    p.add_argument("model")
-    p.add_argument("source")
-    p.add_argument("destination")
+    p.add_argument("paths", nargs="+", metavar="[MODEL] SOURCE DESTINATION",
+                   help="MODEL may be left out when the file's keys and shapes fit exactly one registered model")
     p.add_argument("--from", dest="from_format", choices=list(FORMATS))
     p.add_argument("--to", dest="to_format", choices=list(FORMATS))
     p.add_argument("--num-classes", type=int, help="default: inferred from fc.weight")
@@ -127,7 +148,10 @@ def _add_convert_parser(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="groupnets", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="groupnets", description=__doc__.splitlines()[0],
+        epilog="exit status: 0 success; 1 an equivalence bound was exceeded; 2 bad input (the message says "
+               "which file / name / option and why)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("verify", help="run one weight set in every framework and compare the outputs")
@@ -141,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--taps", action="store_true", help="also compare every stage output")
-    p.add_argument("--weights", help="verify these weights (any format groupnets reads) instead of random ones")
+    p.add_argument("--weights", help="verify these weights (any format groupnets reads) instead of random ones; "
+                                     "without a model name, the model the file fits")
     p.add_argument("--num-classes", type=int)
     p.add_argument("--mode", choices=["eval", "train"], default="eval",
                    help="train: train-mode forward, gradients, one SGD step and BN buffers")
@@ -162,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_list)
 
     _add_convert_parser(sub)
+    _add_inspect_parser(sub)
     return parser
 
 

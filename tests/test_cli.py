@@ -74,3 +74,10 @@ def test_a_command_prints_no_framework_log_lines(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""
     assert out.stdout.splitlines()[0].startswith(f"{source} (canonical) -> ")
+
+
+def test_verify_weights_without_a_model_verifies_the_model_the_file_holds():
+    source = Path(__file__).parent / "fixtures" / "files_4206595" / "w.msgpack"
+    out = run("verify", "--weights", str(source), "--size", "32", "--frameworks", "torch,numpy")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1].startswith("shufflenet_v1_g3_x0_5 ")

@@ -469,3 +469,64 @@ def _flax_model(spec, weights):
     model = flax_impl.build(spec, "float64")
     flax_impl.load_weights(model, weights)
     return model
+
+
+# ------------------------------------------------------------------------- the model read from the file
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_convert_without_a_model_reads_it_from_the_file(tmp_path, fmt):
+    source, weights = _source(tmp_path, fmt, num_classes=10)
+    out = tmp_path / ("out.pth" if fmt != "torch" else "out.safetensors")
+    result = convert(None, source, out)
+    assert (result.model, result.num_classes) == (MODEL, 10)
+    assert _same(read_weights(out, model=MODEL)[0], weights)
+
+
+def test_a_file_for_another_model_is_named_for_what_it_holds(tmp_path):
+    source, _ = _source(tmp_path, "torch", model="resnext50_32x4d")
+    with pytest.raises(WeightsFileError, match=r"holds resnext50_32x4d weights .*1000 classes.*, not shufflenet_v2_x1_0$"):
+        convert("shufflenet_v2_x1_0", source, tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_file_that_fits_no_model_or_two_says_so(tmp_path, monkeypatch):
+    import common.weights.fingerprint as fingerprint
+    weights = random_weights(get_spec(MODEL), 0, calibrate=False)
+    odd = tmp_path / "odd.pth"
+    _torch_file(odd, _tensors({**weights, "extra.weight": np.ones(3, np.float32)}))
+    with pytest.raises(WeightsFileError, match=f"odd.pth: fits no registered model; the closest, {MODEL}, differs in 1"):
+        convert(None, odd, tmp_path / "out.safetensors")
+    twin = tmp_path / "twin.pth"
+    _torch_file(twin, _tensors(weights))
+    real_get_spec = fingerprint.get_spec
+    monkeypatch.setattr(fingerprint, "list_models", lambda: [MODEL, "twin_of_v2"])
+    monkeypatch.setattr(fingerprint, "get_spec", lambda name, c=None: real_get_spec(MODEL if name == "twin_of_v2" else name, c))
+    with pytest.raises(WeightsFileError, match=f"fits {MODEL} and twin_of_v2 alike; name the model"):
+        convert(None, twin, tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_inspect_says_what_a_file_holds(tmp_path):
+    import json
+    weights = random_weights(get_spec(MODEL, 10), 0, calibrate=False)
+    weights["conv1.0.weight"][0, 0, 0, 0] = np.nan
+    path = _torch_file(tmp_path / "ckpt.pth.tar", {"state_dict": _tensors(weights, "module."), "epoch": 1})
+    out = subprocess.run([GROUPNETS, "inspect", str(path), "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    report = json.loads(out.stdout)
+    assert report["format"] == "torch" and "ignored: epoch" in report["container"] and "'module.'" in report["container"]
+    assert [(m["model"], m["num_classes"]) for m in report["matches"]] == [(MODEL, 10)]
+    assert report["nonfinite"] == ["conv1.0.weight"] and report["tensors"] == len(weights)
+    text = subprocess.run([GROUPNETS, "inspect", str(path)], capture_output=True, text=True, timeout=300).stdout
+    assert text.splitlines()[0] == f"{path}: a PyTorch checkpoint (torch.save zip) (format 'torch')"
+    assert f"holds: {MODEL} weights" in text and "NaN/Inf: conv1.0.weight" in text
+
+
+@pytest.mark.parametrize("name", ["notes.pth.tar", "notes.bin"])
+def test_a_zip_that_is_not_a_torch_file_is_a_clear_error(tmp_path, name):
+    import zipfile
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("readme.txt", "not weights")
+    with pytest.raises(WeightsFileError, match=f"{name}: not a readable PyTorch weights file"):
+        convert(MODEL, path, tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()

@@ -24,11 +24,12 @@ import numpy as np
 
 from ..check.backends import load_backend
 from ..check.verify import verify as run_verify
-from ..errors import GroupnetsError, WeightsFileError
+from ..errors import GroupnetsError, WeightsFileError, WeightsMismatchError
 from ..spec.ir import NetworkSpec
 from ..spec.params import canonical_params
 from ..spec.registry import get_spec, list_models
 from ..weights.files import atomic_output, check_destination, check_readable_file, load_weights, save_weights
+from ..weights.fingerprint import fingerprint
 from ..weights.heads import infer_num_classes
 from ..weights.porting import check_weights
 from .sniff import KINDS, sniff
@@ -112,6 +113,36 @@ def read_weights_file(path: str | Path, fmt: str | None = None, model: str | Net
     return dict(weights), dict(metadata)
 
 
+def read_weights_without_model(path: str | Path, fmt: str | None = None, *, state_dict_key: str | None = None
+                               ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """:func:`read_weights_file` for a file whose model is not known yet. A Keras ``.weights.h5`` records
+    none and is read by layout, so each registered model's layout is tried until one fits."""
+    source = check_readable_file(path)
+    fmt = detect_format(source, fmt, reading=True)
+    if fmt != "keras-weights":
+        return read_weights_file(source, fmt, state_dict_key=state_dict_key)
+    for name in list_models():
+        try:
+            return read_weights_file(source, fmt, name)
+        except WeightsFileError:
+            continue
+    raise WeightsFileError(f"{source}: a Keras .weights.h5 file that fits no registered model's layout")
+
+
+def model_of(source: str | Path, weights: Mapping[str, np.ndarray]) -> str:
+    """The one registered model whose keys and shapes ``weights`` match; else an error saying why not."""
+    fits = fingerprint(weights)
+    exact = [f.model for f in fits if f.exact]
+    if len(exact) == 1:
+        return exact[0]
+    if exact:
+        raise WeightsFileError(f"{source}: fits {' and '.join(exact)} alike; name the model")
+    closest = fits[0]
+    raise WeightsFileError(f"{source}: fits no registered model; the closest, {closest.model}, differs in "
+                           f"{closest.distance} tensors ({len(closest.missing)} missing, {len(closest.unexpected)} "
+                           f"unexpected, {len(closest.wrong_shape)} mis-shaped)")
+
+
 def write_weights(path: str | Path, weights: Mapping[str, np.ndarray], spec: NetworkSpec, fmt: str | None = None,
                   overwrite: bool = False) -> Path:
     """Write canonical ``weights`` for ``spec`` in ``fmt`` (from the extension by default), atomically."""
@@ -144,7 +175,7 @@ class ConvertResult:
     container: str | None = None  # what was unwrapped from a PyTorch checkpoint
 
 
-def convert(model: str | NetworkSpec, source: str | Path, destination: str | Path, *,
+def convert(model: str | NetworkSpec | None, source: str | Path, destination: str | Path, *,
             source_format: str | None = None, destination_format: str | None = None,
             num_classes: int | None = None, overwrite: bool = False, verify: bool = False,
             verify_size: int = 64, state_dict_key: str | None = None) -> ConvertResult:
@@ -155,21 +186,31 @@ def convert(model: str | NetworkSpec, source: str | Path, destination: str | Pat
     shape and dtype (one error listing all). ``verify`` re-reads the written file (must be bit-exact)
     and runs :func:`common.check.verify.verify` with those weights; NaN/Inf weights fail it by name.
     ``state_dict_key`` picks the entry of a PyTorch training checkpoint (:func:`read_weights`).
+    ``model=None`` takes the model from the file: the one registered model its keys and shapes match.
     """
     src_fmt = detect_format(check_readable_file(source), source_format, reading=True)
     dst_fmt = detect_format(destination, destination_format)
     destination = check_destination(destination, overwrite)
     if Path(source).resolve() == destination.resolve():
         raise WeightsFileError(f"{destination}: source and destination are the same file")
+    if model is None:
+        weights, metadata = read_weights_without_model(source, src_fmt, state_dict_key=state_dict_key)
+        model = model_of(source, weights)
+    else:
+        weights, metadata = read_weights_file(source, src_fmt, get_spec(model), state_dict_key=state_dict_key)
     name = model.name if isinstance(model, NetworkSpec) else model
-    base_spec = get_spec(model)
-    weights, metadata = read_weights_file(source, src_fmt, base_spec, state_dict_key=state_dict_key)
     recorded = metadata.get("model")
     if recorded and recorded != name:
         raise WeightsFileError(f"{source}: holds weights for {recorded!r}, not {name!r}")
-    classes = num_classes if num_classes is not None else (infer_num_classes(weights) or base_spec.num_classes)
+    classes = num_classes if num_classes is not None else (infer_num_classes(weights) or get_spec(model).num_classes)
     spec = get_spec(model, classes)
-    check_weights(spec, weights, strict=True, source=str(source))
+    try:
+        check_weights(spec, weights, strict=True, source=str(source))
+    except WeightsMismatchError:
+        other = [f for f in fingerprint(weights) if f.exact]
+        if other:  # say what the file is rather than list every key
+            raise WeightsFileError(f"{source}: holds {other[0].describe()}, not {name}") from None
+        raise
     if verify:  # before writing: a file that cannot pass verification is not produced
         bad = nonfinite_keys(weights)
         if bad:
