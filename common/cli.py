@@ -7,9 +7,11 @@ file / name / option and why; no traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .check import backends
@@ -64,22 +66,48 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         if source_model and source_model != models[0]:
             raise GroupnetsError(f"{args.weights}: holds weights for {source_model!r}, not {models[0]!r}")
     h, w = _size(args.size)
-    all_ok = True
-    if args.mode == "train":
+    reports = []
+    with _progress(len(models) * len(args.dtypes) * len(frameworks)) as step:
         for name in models:
-            report = verify_train(name, frameworks, args.dtypes, weights, (max(args.batch, 2), 3, h, w), args.seed,
-                                  freeze=args.freeze, num_classes=args.num_classes)
-            print(report.format_table(failures_only=args.failures_only), flush=True)
-            all_ok &= report.ok
-        return EXIT_OK if all_ok else EXIT_MISMATCH
-    for name in models:
-        classes = args.num_classes or (infer_num_classes(weights) if weights is not None else None) or 1000
-        spec = get_spec(name, classes)
-        report = verify(spec, frameworks, args.dtypes, weights, (args.batch, spec.in_channels, h, w), args.seed,
-                        args.taps)
-        print(report.format_table(), flush=True)
-        all_ok &= report.ok
-    return EXIT_OK if all_ok else EXIT_MISMATCH
+            if args.mode == "train":
+                report = verify_train(name, frameworks, args.dtypes, weights, (max(args.batch, 2), 3, h, w),
+                                      args.seed, freeze=args.freeze, num_classes=args.num_classes, progress=step)
+                table = report.format_table(failures_only=args.failures_only)
+            else:
+                classes = args.num_classes or (infer_num_classes(weights) if weights is not None else None) or 1000
+                spec = get_spec(name, classes)
+                report = verify(spec, frameworks, args.dtypes, weights, (args.batch, spec.in_channels, h, w),
+                                args.seed, args.taps, progress=step)
+                table = report.format_table()
+            reports.append(report)
+            if not args.json:
+                print(table, flush=True)
+    if args.json:
+        print(json.dumps([{"model": name, **r.as_dict()} for name, r in zip(models, reports)], indent=2))
+    return EXIT_OK if all(r.ok for r in reports) else EXIT_MISMATCH
+
+
+@contextlib.contextmanager
+def _progress(total: int) -> Iterator[Callable[[str], None] | None]:
+    """A progress bar on stderr while frameworks run, only when stderr is a terminal (never in a pipe,
+    a log or a test): rich, which Keras already depends on."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("verify", total=total)
+        started = False
+
+        def step(label: str) -> None:
+            nonlocal started
+            bar.update(task, advance=1 if started else 0, description=label)
+            started = True
+
+        yield step
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
@@ -172,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train: train-mode forward, gradients, one SGD step and BN buffers")
     p.add_argument("--freeze", action="store_true", help="with --mode train: freeze the backbone first")
     p.add_argument("--failures-only", action="store_true", help="with --mode train: print only failing rows")
+    p.add_argument("--json", action="store_true", help="print the whole report (every pair, tap, figure, bound) as JSON")
     p.add_argument("--keras-backend", choices=["tensorflow", "jax", "torch"],
                    help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
     p.set_defaults(func=_cmd_verify)

@@ -81,3 +81,36 @@ def test_verify_weights_without_a_model_verifies_the_model_the_file_holds():
     out = run("verify", "--weights", str(source), "--size", "32", "--frameworks", "torch,numpy")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[1].startswith("shufflenet_v1_g3_x0_5 ")
+
+
+def test_verify_json_is_the_whole_report_and_progress_only_on_a_terminal():
+    import json
+    import pty
+    args = ["verify", "shufflenet_v2_x0_5", "--size", "32", "--frameworks", "torch,numpy", "--taps", "--json"]
+    out = run(*args)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    (report,) = json.loads(out.stdout)
+    assert report["model"] == "shufflenet_v2_x0_5" and report["ok"] and report["input_shape"] == [2, 3, 32, 32]
+    rows = {(r["dtype"], r["tap"]) for r in report["results"]}
+    from common import get_spec
+    taps = get_spec("shufflenet_v2_x0_5").stage_names
+    assert rows == {(d, t) for d in ("float32", "float64") for t in taps}
+    assert all(r["max_rel"] <= r["bound"] and r["a"] == "torch" and r["b"] == "numpy" for r in report["results"])
+    leader, follower = pty.openpty()  # stderr a terminal: the progress bar goes there, stdout unchanged
+    try:
+        tty = subprocess.run([GROUPNETS, *args], stdout=subprocess.PIPE, stderr=follower, text=True, timeout=600,
+                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    assert tty.returncode == 0 and json.loads(tty.stdout)[0]["results"] == report["results"]
+    assert b"shufflenet_v2_x0_5 float64 numpy" in shown

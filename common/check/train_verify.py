@@ -8,7 +8,8 @@ largest |value|, and the worst key of each group is named, so a mismatch points 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,10 @@ class TrainResult(WithinBound):
 @dataclass
 class TrainReport(BoundedReport):
     results: list[TrainResult] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """Every pair, quantity, figure and bound, for ``groupnets verify --mode train --json``."""
+        return {"ok": self.ok, "results": [{**dataclasses.asdict(r), "ok": r.ok} for r in self.results]}
 
     def format_table(self, failures_only: bool = False) -> str:
         lines = [f"{'model':<24}{'dtype':<9}{'pair':<30}{'quantity':<22}{'worst key':<36}{'max rel':>10}"
@@ -98,7 +103,7 @@ def verify_train(model: str = "shufflenet_v2_x0_5", frameworks: Sequence[str] = 
                  dtypes: Sequence[str] = ("float32", "float64"), weights: Mapping[str, np.ndarray] | None = None,
                  input_shape: tuple[int, int, int, int] = (4, 3, 128, 128), seed: int = 0, lr: float = 0.1,
                  momentum: float = 0.9, weight_decay: float = 1e-4, freeze: bool = False,
-                 num_classes: int | None = None) -> TrainReport:
+                 num_classes: int | None = None, progress: Callable[[str], None] | None = None) -> TrainReport:
     """One train step in every framework; compare forward, loss, input gradient, per-group parameter
     gradients, post-step weights and BatchNorm buffers (``num_batches_tracked`` must match exactly).
 
@@ -115,8 +120,11 @@ def verify_train(model: str = "shufflenet_v2_x0_5", frameworks: Sequence[str] = 
     labels = random_labels(input_shape[0], spec.num_classes, seed + 2)
     report = TrainReport()
     for dtype in dtypes:
-        runs = {fw: run_train_step(fw, spec, base, x, labels, dtype, lr, momentum, weight_decay, freeze)
-                for fw in frameworks}
+        runs = {}
+        for fw in frameworks:
+            if progress is not None:
+                progress(f"{spec.name} {dtype} {fw} (train)")
+            runs[fw] = run_train_step(fw, spec, base, x, labels, dtype, lr, momentum, weight_decay, freeze)
         for i, a in enumerate(frameworks):
             for b in frameworks[i + 1:]:
                 report.results.extend(compare_train_runs(spec, dtype, framework_label(a), runs[a],

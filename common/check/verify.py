@@ -7,6 +7,7 @@ Backends are loaded by :func:`common.check.backends.load_backend`; outputs are c
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from types import ModuleType
 
@@ -60,6 +61,11 @@ class VerifyReport(BoundedReport):
     results: list[PairResult] = field(default_factory=list)
     input_shape: tuple[int, ...] = ()
 
+    def as_dict(self) -> dict:
+        """Every pair, tap, figure and bound, for ``groupnets verify --json``."""
+        return {"input_shape": list(self.input_shape), "ok": self.ok,
+                "results": [{**dataclasses.asdict(r), "ok": r.ok} for r in self.results]}
+
     def first_divergence(self, model: str, dtype: str, a: str, b: str) -> str | None:
         """The first tap (stem → logits) of a pair that exceeds its bound: where to start looking."""
         for r in self.results:
@@ -90,14 +96,16 @@ def verify(model: str | NetworkSpec | object = "shufflenet_v2_x1_0",
            input_shape: tuple[int, int, int, int] = (2, 3, 224, 224),
            seed: int = 0,
            taps: bool = False,
-           num_classes: int | None = None) -> VerifyReport:
+           num_classes: int | None = None,
+           progress: Callable[[str], None] | None = None) -> VerifyReport:
     """Run ``model`` in every framework on the same weights and input; compare every pair.
 
     ``model``: a registered name, a ``NetworkSpec``, or any IR node (a primitive or block; then
     ``input_shape`` must fit it). ``weights``: canonical weights (default: :func:`random_weights`
     with calibrated, jittered BN statistics). ``taps=True`` also compares every stage output, so a
     mismatch points at the first stage that diverges. The input is NCHW; channels-last frameworks get
-    it transposed. Each dtype runs every framework from the same float64-drawn numbers.
+    it transposed. Each dtype runs every framework from the same float64-drawn numbers. ``progress``,
+    if given, is called with a label (``"float32 torch"``) before each framework runs.
     """
     if isinstance(model, (str, NetworkSpec)):
         node = get_spec(model, num_classes)
@@ -113,7 +121,11 @@ def verify(model: str | NetworkSpec | object = "shufflenet_v2_x1_0",
     x = random_input(tuple(input_shape), seed + 1, "float64")
     report = VerifyReport(input_shape=tuple(input_shape))
     for dtype in dtypes:
-        outputs = {fw: run_framework(fw, node, base_weights, x, dtype, taps) for fw in frameworks}
+        outputs = {}
+        for fw in frameworks:
+            if progress is not None:
+                progress(f"{name} {dtype} {fw}")
+            outputs[fw] = run_framework(fw, node, base_weights, x, dtype, taps)
         for i, a in enumerate(frameworks):
             for b in frameworks[i + 1:]:
                 for tap in outputs[a]:
