@@ -530,3 +530,25 @@ def test_a_zip_that_is_not_a_torch_file_is_a_clear_error(tmp_path, name):
     with pytest.raises(WeightsFileError, match=f"{name}: not a readable PyTorch weights file"):
         convert(MODEL, path, tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_a_truncated_file_of_every_format_is_a_clear_error(tmp_path, fmt):
+    good, _ = _source(tmp_path, fmt)
+    cut = tmp_path / f"cut{EXTENSION[fmt]}"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    out = tmp_path / ("out.pth" if fmt != "torch" else "out.safetensors")
+    with pytest.raises(WeightsFileError, match=re.escape(str(cut))):
+        convert(MODEL, cut, out)
+    with pytest.raises(WeightsFileError, match=re.escape(str(cut))):
+        convert(None, cut, out)
+    assert not out.exists()
+
+
+def test_a_hub_safetensors_file_without_metadata_reads_as_canonical(tmp_path):
+    from common import save_weights
+    weights = random_weights(get_spec(MODEL), 0, calibrate=False)
+    save_weights(tmp_path / "model.safetensors", weights)  # timm / hub files carry torchvision keys, no metadata
+    result = convert(None, tmp_path / "model.safetensors", tmp_path / "out.pth")
+    assert (result.model, result.num_classes) == (MODEL, 1000)
+    assert _same(read_weights(tmp_path / "out.pth")[0], weights)
