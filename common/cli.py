@@ -91,7 +91,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _progress(total: int) -> Iterator[Callable[[str], None] | None]:
     """A progress bar on stderr while frameworks run, only when stderr is a terminal (never in a pipe,
     a log or a test): rich, which Keras already depends on."""
-    if not sys.stderr.isatty():
+    if total == 0 or not sys.stderr.isatty():
         yield None
         return
     from rich.console import Console
@@ -126,9 +126,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if len(args.paths) not in (2, 3):
         raise GroupnetsError("convert takes [MODEL] SOURCE DESTINATION")
     model, source, destination = ([None] + args.paths)[-3:]
-    result = convert(model, source, destination, source_format=args.from_format,
-                     destination_format=args.to_format, num_classes=args.num_classes, overwrite=args.force,
-                     verify=args.verify, verify_size=args.size, state_dict_key=args.state_dict)
+    with _progress(2 * 3 if args.verify else 0) as step:  # --verify: two dtypes × three frameworks
+        result = convert(model, source, destination, source_format=args.from_format,
+                         destination_format=args.to_format, num_classes=args.num_classes, overwrite=args.force,
+                         verify=args.verify, verify_size=args.size, state_dict_key=args.state_dict, progress=step)
     print(f"{result.source} ({result.source_format}) -> {result.destination} ({result.destination_format}): "
           f"{result.model}, {result.num_classes} classes, {result.tensors} tensors, {result.parameters:,} values")
     if result.container and result.container != "a plain state_dict":

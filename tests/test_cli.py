@@ -12,9 +12,9 @@ import pytest
 GROUPNETS = str(Path(sys.executable).with_name("groupnets"))
 
 
-def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def run(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([GROUPNETS, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                          env=env if env is not None else {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
 def test_verify_taps_and_the_oracle():
@@ -30,8 +30,9 @@ def test_verify_default_is_the_main_job():
     """No arguments: shufflenet_v2_x1_0, torch/keras/flax, float32 and float64, 224x224 — a table row for
     every pair and dtype. (A second run of the same table on a smaller model proved nothing more: 25 s of
     the TensorFlow run, most of it importing three frameworks and compiling in a fresh process.)"""
-    result = run("verify")
+    result = run("verify", env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
     assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == "" and result.stdout.startswith("model ")  # its own first line, no framework logs
     rows = [line for line in result.stdout.splitlines() if line.startswith("shufflenet_v2_x1_0 ")]
     pairs = {" ".join(line.split()[2:5]) for line in rows}
     assert pairs == {"torch vs keras[tensorflow]", "torch vs flax", "keras[tensorflow] vs flax"}

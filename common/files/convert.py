@@ -16,7 +16,7 @@ misnamed one is an error saying what it really is.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,7 +178,8 @@ class ConvertResult:
 def convert(model: str | NetworkSpec | None, source: str | Path, destination: str | Path, *,
             source_format: str | None = None, destination_format: str | None = None,
             num_classes: int | None = None, overwrite: bool = False, verify: bool = False,
-            verify_size: int = 64, state_dict_key: str | None = None) -> ConvertResult:
+            verify_size: int = 64, state_dict_key: str | None = None,
+            progress: Callable[[str], None] | None = None) -> ConvertResult:
     """Convert a weight file for ``model`` between any two formats; optionally prove equivalence.
 
     Checks everything that can be checked before writing anything: formats, the destination (exists
@@ -224,5 +225,6 @@ def convert(model: str | NetworkSpec | None, source: str | Path, destination: st
         changed = [k for k in weights if k not in written or not np.array_equal(written[k], weights[k])]
         if changed or set(written) != set(weights):
             raise GroupnetsError(f"{destination}: read back differently for {changed[:8]}")
-        result.report = run_verify(spec, weights=weights, input_shape=(2, spec.in_channels, verify_size, verify_size))
+        result.report = run_verify(spec, weights=weights, input_shape=(2, spec.in_channels, verify_size, verify_size),
+                                   progress=progress)
     return result
