@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import GroupnetsError, WeightsFileError, WeightsMismatchError, get_spec, list_models, random_weights
+from common import (GroupnetsError, WeightsFileError, WeightsMismatchError, count_parameters, get_spec, list_models,
+                    random_weights)
 from common.files.convert import FORMATS, convert, read_weights, write_weights
 from common.weights.porting import without_head
 from conftest import import_backend
@@ -120,6 +121,9 @@ def _read_container(path: Path, **options) -> tuple[dict, str]:
 def test_torch_checkpoint_names_people_use_all_read(tmp_path, name):
     weights = random_weights(get_spec(MODEL), 0, calibrate=False)
     path = _torch_file(tmp_path / name, _tensors(weights))
+    if name.endswith(".tar"):  # and in the legacy (pre-1.6, non-zip) torch.save format
+        import torch
+        torch.save(_tensors(weights), path, _use_new_zipfile_serialization=False)
     result = convert(MODEL, path, tmp_path / "out.safetensors")
     assert result.source_format == "torch" and result.container == "a plain state_dict"
     read, _ = read_weights(tmp_path / "out.safetensors")
@@ -516,6 +520,7 @@ def test_inspect_says_what_a_file_holds(tmp_path):
     assert report["format"] == "torch" and "ignored: epoch" in report["container"] and "'module.'" in report["container"]
     assert [(m["model"], m["num_classes"]) for m in report["matches"]] == [(MODEL, 10)]
     assert report["nonfinite"] == ["conv1.0.weight"] and report["tensors"] == len(weights)
+    assert report["parameters"] == count_parameters(get_spec(MODEL, 10))
     text = subprocess.run([GROUPNETS, "inspect", str(path)], capture_output=True, text=True, timeout=300).stdout
     assert text.splitlines()[0] == f"{path}: a PyTorch checkpoint (torch.save zip) (format 'torch')"
     assert f"holds: {MODEL} weights" in text and "NaN/Inf: conv1.0.weight" in text

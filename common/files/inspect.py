@@ -23,7 +23,8 @@ class FileReport:
     container: str | None
     metadata: dict[str, str]
     tensors: int
-    values: int
+    values: int  # every number stored
+    parameters: int  # the trainable ones: BatchNorm running statistics and counters left out
     dtypes: dict[str, int]
     nonfinite: list[str]
     matches: list[Fit] = field(default_factory=list)
@@ -34,7 +35,8 @@ class FileReport:
             return None if f is None else {"model": f.model, "num_classes": f.num_classes, "missing": list(f.missing),
                                            "unexpected": list(f.unexpected), "wrong_shape": list(f.wrong_shape)}
         return {"path": self.path, "format": self.format, "content": self.content, "container": self.container,
-                "metadata": self.metadata, "tensors": self.tensors, "values": self.values, "dtypes": self.dtypes,
+                "metadata": self.metadata, "tensors": self.tensors, "values": self.values,
+                "parameters": self.parameters, "dtypes": self.dtypes,
                 "nonfinite": self.nonfinite, "matches": [fit(f) for f in self.matches], "closest": fit(self.closest)}
 
     def to_json(self) -> str:
@@ -50,7 +52,7 @@ class FileReport:
             c = self.closest
             lines.append(f"  holds no registered model's weights; closest: {c.model} ({len(c.missing)} missing, "
                          f"{len(c.unexpected)} unexpected, {len(c.wrong_shape)} mis-shaped tensors)")
-        lines.append(f"  {self.tensors} tensors, {self.values:,} values; dtypes: "
+        lines.append(f"  {self.tensors} tensors, {self.parameters:,} parameters ({self.values:,} values); dtypes: "
                      + ", ".join(f"{k} × {v}" for k, v in sorted(self.dtypes.items())))
         lines.append("  NaN/Inf: " + (", ".join(self.nonfinite[:8]) + (" ..." if len(self.nonfinite) > 8 else "")
                                       if self.nonfinite else "none"))
@@ -67,8 +69,10 @@ def inspect_file(path: str | Path, fmt: str | None = None, *, state_dict_key: st
     weights, metadata = read_weights_without_model(source, fmt, state_dict_key=state_dict_key)
     fits = fingerprint(weights)
     matches = [f for f in fits if f.exact]
-    values = sum(int(np.size(v)) for k, v in weights.items() if not k.endswith("num_batches_tracked"))
+    values = sum(int(np.size(v)) for v in weights.values())
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    parameters = sum(int(np.size(v)) for k, v in weights.items() if not k.endswith(buffers))
     return FileReport(str(source), fmt, KINDS[kind][1] if kind else "unrecognised content",
-                      metadata.pop("container", None), metadata, len(weights), values,
+                      metadata.pop("container", None), metadata, len(weights), values, parameters,
                       dict(Counter(str(np.asarray(v).dtype) for v in weights.values())), nonfinite_keys(weights),
                       matches, None if matches or not fits else fits[0])
