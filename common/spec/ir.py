@@ -63,6 +63,13 @@ class IRNode:
         return None
 
 
+class _KeepsShape(IRNode):
+    """A leaf whose output has its input's shape and costs no multiply-adds (BN, ReLU, shuffle)."""
+
+    def trace(self, shape: Shape) -> tuple[Shape, int]:
+        return shape, 0
+
+
 def _first_input_channels(children: Layers) -> int | None:
     """Weightless ops keep the channel count, so the first child that knows it decides."""
     return next((c for _, child in children if (c := child.input_channels) is not None), None)
@@ -128,7 +135,7 @@ class Conv2d(IRNode):
 
 
 @dataclass(frozen=True)
-class BatchNorm2d(IRNode):
+class BatchNorm2d(_KeepsShape):
     """BatchNorm with PyTorch's defaults: eps 1e-5, momentum 0.1 = weight of the *new* batch statistic,
     running variance updated with the unbiased batch variance."""
 
@@ -145,14 +152,10 @@ class BatchNorm2d(IRNode):
         return (("weight", c, True), ("bias", c, True), ("running_mean", c, False), ("running_var", c, False),
                 ("num_batches_tracked", (), False))
 
-    def trace(self, shape: Shape) -> tuple[Shape, int]:
-        return shape, 0
-
 
 @dataclass(frozen=True)
-class ReLU(IRNode):
-    def trace(self, shape: Shape) -> tuple[Shape, int]:
-        return shape, 0
+class ReLU(_KeepsShape):
+    """ReLU (torchvision's modules use ``inplace=True``; the IR has no in-place notion)."""
 
 
 @dataclass(frozen=True)
@@ -179,14 +182,11 @@ class AvgPool2d(_Pool2d):
 
 
 @dataclass(frozen=True)
-class ChannelShuffle(IRNode):
+class ChannelShuffle(_KeepsShape):
     """Channel shuffle; see :mod:`common.spec.shuffle` for the two conventions."""
 
     groups: int
     convention: ShuffleConvention = "paper"
-
-    def trace(self, shape: Shape) -> tuple[Shape, int]:
-        return shape, 0
 
 
 @dataclass(frozen=True)
@@ -210,14 +210,8 @@ LeafOp = Union[Conv2d, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d, ChannelShuffle, 
 
 
 # ----------------------------------------------------------------------------------------- containers
-@dataclass(frozen=True)
-class Sequential(IRNode):
-    """Children applied in order; names are ``"0", "1", ...`` like ``torch.nn.Sequential``."""
-
-    layers: tuple["Node", ...]
-
-    def children(self) -> Layers:
-        return tuple((str(i), layer) for i, layer in enumerate(self.layers))
+class _Chain(IRNode):
+    """A container whose children run one after the other (``Sequential``, ``Stage``)."""
 
     @property
     def input_channels(self) -> int | None:
@@ -225,6 +219,16 @@ class Sequential(IRNode):
 
     def trace(self, shape: Shape) -> tuple[Shape, int]:
         return _trace_chain(self.children(), shape)
+
+
+@dataclass(frozen=True)
+class Sequential(_Chain):
+    """Children applied in order; names are ``"0", "1", ...`` like ``torch.nn.Sequential``."""
+
+    layers: tuple["Node", ...]
+
+    def children(self) -> Layers:
+        return tuple((str(i), layer) for i, layer in enumerate(self.layers))
 
 
 def _last_norm(branch: Sequential) -> int:
@@ -344,7 +348,7 @@ Node = Union[LeafOp, Sequential, Block]
 
 
 @dataclass(frozen=True)
-class Stage(IRNode):
+class Stage(_Chain):
     """A named run of blocks (``stage2`` / ``layer1``); its blocks are children ``"0", "1", ...``."""
 
     name: str
@@ -352,13 +356,6 @@ class Stage(IRNode):
 
     def children(self) -> Layers:
         return tuple((str(i), block) for i, block in enumerate(self.blocks))
-
-    @property
-    def input_channels(self) -> int | None:
-        return _first_input_channels(self.children())
-
-    def trace(self, shape: Shape) -> tuple[Shape, int]:
-        return _trace_chain(self.children(), shape)
 
 
 Family = Literal["shufflenet_v1", "shufflenet_v2", "resnext"]
