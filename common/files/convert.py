@@ -208,8 +208,8 @@ def convert(model: str | NetworkSpec | None, source: str | Path, destination: st
     try:
         check_weights(spec, weights, strict=True, source=str(source))
     except WeightsMismatchError:
-        other = [f for f in fingerprint(weights) if f.exact]
-        if other:  # say what the file is rather than list every key
+        other = [f for f in fingerprint(weights) if f.exact and f.model != spec.name]
+        if other:  # another model's file: say what it is rather than list every key
             raise WeightsFileError(f"{source}: holds {other[0].describe()}, not {name}") from None
         raise
     if verify:  # before writing: a file that cannot pass verification is not produced
