@@ -107,8 +107,8 @@ def channel_split(x: jax.Array, sections: int = 2) -> tuple[jax.Array, ...]:
 
 
 # ------------------------------------------------------------------------------ convolution paths
-# XLA's CPU convolution is slow for grouped / depthwise / 1x1 convs (see ../shared/README.md, "Measured on
-# this machine"), so the "auto" path rewrites each conv shape into what XLA does fast. Every path computes the
+# XLA's CPU convolution is slow for grouped / depthwise / 1x1 convs (common.runtime.xla_cpu has the
+# measurements), so the "auto" path rewrites each conv shape into what XLA does fast. Every path computes the
 # same sum of products as lax.conv (only the summation order differs) from the stored HWIO kernel.
 
 ConvImpl = Literal["auto", "lax"]
