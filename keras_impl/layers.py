@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -567,9 +566,3 @@ def leaf_layers(op: object, path: str, dtype: str) -> list[keras.layers.Layer]:
     if isinstance(op, ir.Linear):
         return [Linear(op.out_features, use_bias=op.bias, name=weight_layer_name(path, op), dtype=dtype)]
     raise TypeError(f"not an IR leaf op: {type(op).__name__}")
-
-
-def apply_layers(layers: Sequence[keras.layers.Layer], x):
-    for layer in layers:
-        x = layer(x)
-    return x

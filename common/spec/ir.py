@@ -70,6 +70,16 @@ class _KeepsShape(IRNode):
         return shape, 0
 
 
+class _InChannels(IRNode):
+    """A node with an ``in_channels`` field (conv, the ShuffleNet units, a network): that is its input's."""
+
+    in_channels: int
+
+    @property
+    def input_channels(self) -> int:
+        return self.in_channels
+
+
 def _first_input_channels(children: Layers) -> int | None:
     """Weightless ops keep the channel count, so the first child that knows it decides."""
     return next((c for _, child in children if (c := child.input_channels) is not None), None)
@@ -85,7 +95,7 @@ def _trace_chain(children: Layers, shape: Shape) -> tuple[Shape, int]:
 
 # --------------------------------------------------------------------------------------------- ops
 @dataclass(frozen=True)
-class Conv2d(IRNode):
+class Conv2d(_InChannels):
     """A 2-D convolution, PyTorch semantics: symmetric zero padding, OIHW weight ``(out, in/groups, k, k)``."""
 
     in_channels: int
@@ -120,10 +130,6 @@ class Conv2d(IRNode):
     @property
     def weight_shape(self) -> tuple[int, int, int, int]:
         return (self.out_channels, self.in_channels // self.groups, self.kernel_size, self.kernel_size)
-
-    @property
-    def input_channels(self) -> int:
-        return self.in_channels
 
     def own_params(self) -> tuple[ParamShape, ...]:
         return (("weight", self.weight_shape, True),) + ((("bias", (self.out_channels,), True),) if self.bias else ())
@@ -236,7 +242,7 @@ def _last_norm(branch: Sequential) -> int:
 
 
 @dataclass(frozen=True)
-class ShuffleV2Block(IRNode):
+class ShuffleV2Block(_InChannels):
     """torchvision ``InvertedResidual``.
 
     stride 1: ``x1, x2 = chunk(x, 2)``; ``out = cat(x1, branch2(x2))``.
@@ -256,10 +262,6 @@ class ShuffleV2Block(IRNode):
         named.append(("branch2", self.branch2))
         return tuple(named)
 
-    @property
-    def input_channels(self) -> int:
-        return self.in_channels
-
     def trace(self, shape: Shape) -> tuple[Shape, int]:
         c, h, w = shape
         if self.branch1 is None:
@@ -274,7 +276,7 @@ class ShuffleV2Block(IRNode):
 
 
 @dataclass(frozen=True)
-class ShuffleV1Block(IRNode):
+class ShuffleV1Block(_InChannels):
     """ShuffleNet V1 unit (paper Fig. 2b/2c).
 
     ``branch`` = 1x1 gconv, BN, ReLU, shuffle, 3x3 depthwise (stride), BN, 1x1 gconv, BN.
@@ -293,10 +295,6 @@ class ShuffleV1Block(IRNode):
         if self.shortcut is not None:
             named.append(("shortcut", self.shortcut))
         return tuple(named)
-
-    @property
-    def input_channels(self) -> int:
-        return self.in_channels
 
     def trace(self, shape: Shape) -> tuple[Shape, int]:
         (bc, oh, ow), macs = self.branch.trace(shape)
@@ -362,7 +360,7 @@ Family = Literal["shufflenet_v1", "shufflenet_v2", "resnext"]
 
 
 @dataclass(frozen=True)
-class NetworkSpec(IRNode):
+class NetworkSpec(_InChannels):
     """A whole network: ``stem`` → ``stages`` → ``head`` → global mean pool → ``fc``.
 
     Every name here is a top-level torchvision module name (``conv1``, ``maxpool``, ``stage2``, ``conv5``,
@@ -393,10 +391,6 @@ class NetworkSpec(IRNode):
 
     def children(self) -> Layers:
         return (*self.stem, *((stage.name, stage) for stage in self.stages), *self.head, ("fc", self.fc))
-
-    @property
-    def input_channels(self) -> int:
-        return self.in_channels
 
 
 #: Every IR class, e.g. the whitelist a deserialiser may create (Keras configs).
