@@ -84,6 +84,36 @@ def relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0)
 
 
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """``1 / (1 + e^-x)`` written through ``tanh``: no overflow for large ``|x|``, float64-accurate."""
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def shuffle_attention(x: np.ndarray, cweight, cbias, sweight, sbias, gn_weight, gn_bias, groups: int,
+                      eps: float = 1e-5) -> np.ndarray:
+    """SA-Net's ``sa_layer`` on NCHW ``x``, literally: fold the groups into the batch, gate one half by its
+    mean and the other by its per-channel GroupNorm, unfold, shuffle with 2 groups (paper direction)."""
+    n, c, h, w = x.shape
+    if c % (2 * groups):
+        raise SpecError(f"shuffle attention: {c} channels are not divisible by 2 x groups = {2 * groups}")
+    if n * groups * h * w == 1:  # torch.nn.functional.group_norm's check, in eval mode too
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                         f"[{n * groups}, {c // groups}, {h}, {w}] (shuffle attention's GroupNorm)")
+    half = c // (2 * groups)
+    sub = x.reshape(n * groups, c // groups, h, w)
+    first, second = sub[:, :half], sub[:, half:]
+
+    def col(v) -> np.ndarray:
+        return np.asarray(v, dtype=np.float64).reshape(1, half, 1, 1)
+
+    pooled = first.mean(axis=(2, 3), keepdims=True)
+    channel = first * sigmoid(col(cweight) * pooled + col(cbias))
+    mean, var = second.mean(axis=(2, 3), keepdims=True), second.var(axis=(2, 3), keepdims=True)
+    normed = (second - mean) / np.sqrt(var + eps) * col(gn_weight) + col(gn_bias)
+    spatial = second * sigmoid(col(sweight) * normed + col(sbias))
+    return channel_shuffle(np.concatenate([channel, spatial], axis=1).reshape(n, c, h, w), 2)
+
+
 # ------------------------------------------------------------------------------------------ IR walker
 class _Scope:
     """Canonical weights under a dotted prefix. With ``calibrate`` (a mutable dict of weights), every
@@ -153,6 +183,12 @@ def _(node: ir.Linear, x: np.ndarray, scope: _Scope) -> np.ndarray:
     return linear(x, scope["weight"], scope.get("bias"))
 
 
+@_apply.register
+def _(node: ir.ShuffleAttention, x: np.ndarray, scope: _Scope) -> np.ndarray:
+    return shuffle_attention(x, scope["cweight"], scope["cbias"], scope["sweight"], scope["sbias"],
+                             scope["gn.weight"], scope["gn.bias"], node.groups, node.eps)
+
+
 @_apply.register(ir.Sequential)
 @_apply.register(ir.Stage)
 def _(node: ir.Sequential | ir.Stage, x: np.ndarray, scope: _Scope) -> np.ndarray:
@@ -183,7 +219,9 @@ def _(node: ir.ShuffleV1Block, x: np.ndarray, scope: _Scope) -> np.ndarray:
 @_apply.register
 def _(node: ir.Bottleneck, x: np.ndarray, scope: _Scope) -> np.ndarray:
     out = x
-    for name in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3"):
+    for name in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "sa"):
+        if getattr(node, name) is None:  # a plain (not SA-Net) bottleneck
+            continue
         out = _apply(getattr(node, name), out, scope.child(name))
         if name in ("bn1", "bn2"):
             out = relu(out)

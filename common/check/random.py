@@ -45,10 +45,12 @@ def random_weights(spec: object, seed: int = 0, dtype: str | np.dtype = "float32
         if p.role == "num_batches_tracked":
             out[key] = np.array(int(rng.integers(0, 1000)), dtype=np.int64)
             continue
-        if p.role == "weight" and len(p.shape) > 1:  # conv / linear
+        if p.role in ("cweight", "cbias", "sweight", "sbias"):  # SA gates: sigmoids far from constant
+            value = rng.standard_normal(p.shape)
+        elif p.role == "weight" and len(p.shape) > 1:  # conv / linear
             fan_in = int(np.prod(p.shape[1:]))
             value = rng.standard_normal(p.shape) * np.sqrt(2.0 / fan_in)
-        elif p.role == "weight":  # BN gamma
+        elif p.role in ("weight", "gn.weight"):  # BN / GN gamma
             value = rng.uniform(0.5, 1.5, p.shape)
         elif p.role == "running_var":
             value = rng.uniform(0.5, 1.5, p.shape)

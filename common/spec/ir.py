@@ -20,7 +20,8 @@ from typing import Literal, Union
 from ..errors import SpecError
 
 ShuffleConvention = Literal["paper", "inverse"]
-ParamRole = Literal["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+ParamRole = Literal["weight", "bias", "running_mean", "running_var", "num_batches_tracked",
+                    "cweight", "cbias", "sweight", "sbias", "gn.weight", "gn.bias"]
 #: one canonical tensor of a leaf: its role (the key's last part), canonical shape, and whether it is trained
 ParamShape = tuple[ParamRole, tuple[int, ...], bool]
 Shape = tuple[int, int, int]  # (C, H, W)
@@ -212,7 +213,54 @@ class Linear(IRNode):
         return (weight,) + ((("bias", (self.out_features,), True),) if self.bias else ())
 
 
-LeafOp = Union[Conv2d, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d, ChannelShuffle, Linear]
+@dataclass(frozen=True)
+class ShuffleAttention(_KeepsShape):
+    """Shuffle Attention (Zhang & Yang, SA-Net, ICASSP 2021), the official ``sa_layer``'s numerics.
+
+    The ``channels`` are ``groups`` sub-features of consecutive channels; each splits into two halves of
+    ``branch_channels = channels / (2·groups)``. The first half is gated by its global mean
+    (``x · σ(cweight · mean(x) + cbias)``), the second by its GroupNorm with one channel per group
+    (``x · σ(sweight · gn(x) + sbias)``, eps 1e-5: per sample, group and channel over H × W); the halves are
+    concatenated back in place and the result channel-shuffled with 2 groups (paper direction).
+
+    A leaf (its GroupNorm has no forward of its own here): its tensors are ``cweight`` … ``sbias``
+    ``(1, branch_channels, 1, 1)`` and ``gn.weight`` / ``gn.bias`` ``(branch_channels,)``, the official keys.
+    """
+
+    channels: int
+    groups: int = 64
+    eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.channels < 1 or self.groups < 1:
+            raise SpecError(f"ShuffleAttention channels and groups must be >= 1, got {self.channels}, {self.groups}")
+        if self.channels % (2 * self.groups):
+            raise SpecError(f"ShuffleAttention: {self.channels} channels are not divisible by 2 x groups = "
+                            f"{2 * self.groups} (each of the {self.groups} groups splits into two equal halves)")
+
+    @property
+    def branch_channels(self) -> int:
+        """Channels of each half of each group: the length of every parameter vector."""
+        return self.channels // (2 * self.groups)
+
+    @property
+    def input_channels(self) -> int:
+        return self.channels
+
+    def own_params(self) -> tuple[ParamShape, ...]:
+        gate = (1, self.branch_channels, 1, 1)
+        return (("cweight", gate, True), ("cbias", gate, True), ("sweight", gate, True), ("sbias", gate, True),
+                ("gn.weight", (self.branch_channels,), True), ("gn.bias", (self.branch_channels,), True))
+
+    def trace(self, shape: Shape) -> tuple[Shape, int]:
+        """Multiply-adds: the two gate affines (``C/2`` on the pooled half, ``C/2 · H · W`` on the
+        normalised one) and the two gating products (``C · H · W``). Like BatchNorm elsewhere in the
+        summary, GroupNorm's own normalisation is not counted."""
+        c, h, w = shape
+        return shape, c // 2 + (c // 2) * h * w + c * h * w
+
+
+LeafOp = Union[Conv2d, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d, ChannelShuffle, Linear, ShuffleAttention]
 
 
 # ----------------------------------------------------------------------------------------- containers
@@ -306,7 +354,10 @@ class ShuffleV1Block(_InChannels):
 
 @dataclass(frozen=True)
 class Bottleneck(IRNode):
-    """torchvision ResNet ``Bottleneck`` (stride on the grouped 3x3): relu(bn3(conv3(...)) + identity)."""
+    """torchvision ResNet ``Bottleneck`` (stride on the grouped 3x3): relu(bn3(conv3(...)) + identity).
+
+    With ``sa`` (SA-Net's ``SABottleneck``): relu(sa(bn3(conv3(...))) + identity).
+    """
 
     conv1: Conv2d
     bn1: BatchNorm2d
@@ -315,6 +366,7 @@ class Bottleneck(IRNode):
     conv3: Conv2d
     bn3: BatchNorm2d
     downsample: Sequential | None
+    sa: ShuffleAttention | None = None
 
     @property
     def stride(self) -> int:
@@ -325,6 +377,8 @@ class Bottleneck(IRNode):
             ("conv1", self.conv1), ("bn1", self.bn1), ("conv2", self.conv2),
             ("bn2", self.bn2), ("conv3", self.conv3), ("bn3", self.bn3),
         ]
+        if self.sa is not None:
+            named.append(("sa", self.sa))  # registered before downsample, as the official SABottleneck
         if self.downsample is not None:
             named.append(("downsample", self.downsample))
         return tuple(named)
@@ -356,7 +410,7 @@ class Stage(_Chain):
         return tuple((str(i), block) for i, block in enumerate(self.blocks))
 
 
-Family = Literal["shufflenet_v1", "shufflenet_v2", "resnext"]
+Family = Literal["shufflenet_v1", "shufflenet_v2", "resnext", "sa_resnet"]
 
 
 @dataclass(frozen=True)
@@ -395,7 +449,7 @@ class NetworkSpec(_InChannels):
 
 #: Every IR class, e.g. the whitelist a deserialiser may create (Keras configs).
 NODE_TYPES: tuple[type[IRNode], ...] = (Conv2d, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d, ChannelShuffle, Linear,
-                                        Sequential, ShuffleV2Block, ShuffleV1Block, Bottleneck, Stage, NetworkSpec)
+                                        ShuffleAttention, Sequential, ShuffleV2Block, ShuffleV1Block, Bottleneck, Stage, NetworkSpec)
 
 
 def children_of(node: object) -> Layers:

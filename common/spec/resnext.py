@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..errors import SpecError
 from .build_helpers import conv, sequential
-from .ir import BatchNorm2d, Bottleneck, Conv2d, Linear, MaxPool2d, NetworkSpec, ReLU, Stage
+from .ir import BatchNorm2d, Bottleneck, Conv2d, Linear, MaxPool2d, NetworkSpec, ReLU, ShuffleAttention, Stage
 
 EXPANSION = 4  # Bottleneck output = planes * 4
 
@@ -22,12 +22,16 @@ class ResNeXtConfig:
     groups: int = 32  # cardinality
     width_per_group: int = 4  # torchvision's base_width
     stem_width: int = 64  # torchvision's inplanes
+    #: SA-Net: a ``ShuffleAttention(planes · 4, attention_groups)`` after each block's ``bn3``; None: plain
+    attention_groups: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.layers) != 4 or any(n < 1 for n in self.layers):
             raise SpecError(f"ResNeXt needs four block counts >= 1, got {self.layers}")
         if self.groups < 1 or self.width_per_group < 1 or self.stem_width < 1:
             raise SpecError("ResNeXt groups, width_per_group and stem_width must be >= 1")
+        if self.attention_groups is not None and self.attention_groups < 1:
+            raise SpecError(f"ResNeXt attention_groups must be >= 1 or None, got {self.attention_groups}")
 
     def bottleneck_width(self, planes: int) -> int:
         """torchvision: ``int(planes * (base_width / 64.0)) * groups``."""
@@ -52,11 +56,17 @@ def _bottleneck(path: str, config: ResNeXtConfig, in_ch: int, planes: int, strid
             downsample = sequential(Conv2d(in_ch, out_ch, 1, stride=stride), BatchNorm2d(out_ch))
         except SpecError as error:
             raise SpecError(f"layer {path!r}.downsample: {error}") from None
+    sa = None
+    if config.attention_groups is not None:
+        try:
+            sa = ShuffleAttention(out_ch, config.attention_groups)
+        except SpecError as error:
+            raise SpecError(f"layer {path!r}.sa: {error}") from None
     return Bottleneck(
         conv1=conv(f"{path}.conv1", in_ch, width, 1), bn1=BatchNorm2d(width),
         conv2=conv(f"{path}.conv2", width, width, 3, stride, groups=config.groups), bn2=BatchNorm2d(width),
         conv3=conv(f"{path}.conv3", width, out_ch, 1), bn3=BatchNorm2d(out_ch),
-        downsample=downsample,
+        downsample=downsample, sa=sa,
     )
 
 
@@ -71,7 +81,7 @@ def build(name: str, config: ResNeXtConfig, num_classes: int = 1000) -> NetworkS
         stages.append(Stage(f"layer{idx}", tuple(units)))
     return NetworkSpec(
         name=name,
-        family="resnext",
+        family="resnext" if config.attention_groups is None else "sa_resnet",
         stem=(
             ("conv1", Conv2d(3, config.stem_width, 7, stride=2, padding=3)),
             ("bn1", BatchNorm2d(config.stem_width)),

@@ -16,12 +16,12 @@ from typing import Literal
 import numpy as np
 
 from ..errors import WeightsMismatchError
-from ..spec.ir import BatchNorm2d, Conv2d, Linear
+from ..spec.ir import BatchNorm2d, Conv2d, Linear, ShuffleAttention
 from ..spec.params import ParamInfo, canonical_params, node_name
 
 Framework = Literal["torch", "keras", "flax"]
 FRAMEWORKS: tuple[Framework, ...] = ("torch", "keras", "flax")
-LayerKind = Literal["conv", "depthwise", "bn", "linear"]
+LayerKind = Literal["conv", "depthwise", "bn", "linear", "shuffle_attention"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,9 @@ SAME = Layout("same", lambda w, op: w, lambda w, op: w)
 OIHW_TO_HWIO = Layout("OIHW->HWIO", lambda w, op: w.transpose(2, 3, 1, 0), lambda w, op: w.transpose(3, 2, 0, 1))
 OIHW_TO_HWCM = Layout("OIHW->HW,C,mult", _depthwise_to_hwcm, _depthwise_from_hwcm)
 OUT_IN_TO_IN_OUT = Layout("(out,in)->(in,out)", lambda w, op: w.T, lambda w, op: w.T)
+#: SA-Net's gate parameters ``(1, C, 1, 1)`` (broadcast over NCHW) ⇄ a channels-last vector ``(C,)``
+GATE_TO_VECTOR = Layout("(1,C,1,1)->(C,)", lambda w, op: w.reshape(-1), lambda w, op: w.reshape(1, -1, 1, 1))
+_GATES = ("cweight", "cbias", "sweight", "sbias")
 
 _BN_KERAS = {"weight": ("gamma", SAME), "bias": ("beta", SAME), "running_mean": ("moving_mean", SAME),
              "running_var": ("moving_variance", SAME), "num_batches_tracked": ("num_batches_tracked", SAME)}
@@ -64,6 +67,9 @@ PORTING_TABLE: dict[Framework, dict[tuple[LayerKind, str], tuple[str, Layout]]] 
         **{("bn", role): v for role, v in _BN_KERAS.items()},
         ("linear", "weight"): ("kernel", OUT_IN_TO_IN_OUT),
         ("linear", "bias"): ("bias", SAME),
+        **{("shuffle_attention", role): (role, GATE_TO_VECTOR) for role in _GATES},
+        ("shuffle_attention", "gn.weight"): ("gamma", SAME),  # keras.layers.GroupNormalization's names
+        ("shuffle_attention", "gn.bias"): ("beta", SAME),
     },
     "flax": {
         ("conv", "weight"): ("kernel", OIHW_TO_HWIO),  # nnx.Conv(feature_group_count=g): (kh, kw, in/g, out)
@@ -73,6 +79,9 @@ PORTING_TABLE: dict[Framework, dict[tuple[LayerKind, str], tuple[str, Layout]]] 
         **{("bn", role): v for role, v in _BN_FLAX.items()},
         ("linear", "weight"): ("kernel", OUT_IN_TO_IN_OUT),
         ("linear", "bias"): ("bias", SAME),
+        **{("shuffle_attention", role): (role, GATE_TO_VECTOR) for role in _GATES},
+        ("shuffle_attention", "gn.weight"): ("gn.scale", SAME),  # an nnx.GroupNorm named ``gn``
+        ("shuffle_attention", "gn.bias"): ("gn.bias", SAME),
     },
 }
 
@@ -84,6 +93,8 @@ def layer_kind(op: object) -> LayerKind:
         return "bn"
     if isinstance(op, Linear):
         return "linear"
+    if isinstance(op, ShuffleAttention):
+        return "shuffle_attention"
     raise TypeError(f"{type(op).__name__} has no weights")
 
 
