@@ -3,7 +3,8 @@
 Imports only ``jax`` / ``flax`` (+ NumPy and ``common``). The module tree mirrors the canonical
 (torchvision) names: child modules are attributes named ``"0"``, ``"1"``, ``branch2``, ``stage2`` ...
 (set with ``setattr``, never ``nnx.List``), so every array's ``".".join(state path)`` is
-``"{canonical layer}.{kernel|bias|scale|mean|var|num_batches_tracked}"``.
+``"{canonical layer}.{kernel|bias|scale|mean|var|num_batches_tracked}"`` (Shuffle Attention:
+``cweight|cbias|sweight|sbias|gn.scale|gn.bias``).
 
 float64 models turn on ``jax_enable_x64`` process-wide when built; float32 models stay float32.
 Models start in train mode (like PyTorch); ``model.eval()`` / ``model.train()`` switch BatchNorm.
@@ -22,7 +23,7 @@ from .blocks import (Bottleneck, Container, Sequential, ShuffleV1Block, ShuffleV
 from .bridge import forward_numpy
 from .files import read_file, write_file
 from .inference import InferenceFunction, optimize_for_inference
-from .layers import (AvgPool2d, BatchNorm2d, ChannelShuffle, Conv2d, Linear, MaxPool2d, ReLU,
+from .layers import (AvgPool2d, BatchNorm2d, ChannelShuffle, Conv2d, Linear, MaxPool2d, ReLU, ShuffleAttention,
                      channel_shuffle, channel_split, counter_dtype, resolve_dtype)
 from .model import Network, build, create_model
 from .training import train_step_numpy
@@ -33,7 +34,7 @@ DATA_FORMAT = "channels_last"
 
 __all__ = [
     "AvgPool2d", "BatchNorm2d", "Bottleneck", "ChannelShuffle", "Container", "Conv2d", "DATA_FORMAT",
-    "InferenceFunction", "Linear", "MaxPool2d", "Network", "ReLU", "Sequential", "ShuffleV1Block",
+    "InferenceFunction", "Linear", "MaxPool2d", "Network", "ReLU", "Sequential", "ShuffleAttention", "ShuffleV1Block",
     "ShuffleV2Block", "Stage", "build", "build_node", "channel_shuffle", "channel_split", "counter_dtype",
     "create_model", "export_weights", "forward_numpy", "freeze_backbone", "iter_modules", "load_weights",
     "model_variables", "optimize_for_inference", "raw_weights", "read_file", "reset_classifier",

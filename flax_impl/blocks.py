@@ -106,13 +106,15 @@ class ShuffleV1Block(Container):
 
 class Bottleneck(Container):
     """torchvision ResNet ``Bottleneck``: ``relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1 x))))))) + id)``,
-    ``id = downsample(x)`` when present."""
+    ``id = downsample(x)`` when present; with ``sa`` (SA-Net's ``SABottleneck``) ``relu(sa(bn3(...)) + id)``."""
 
     def __call__(self, x: jax.Array) -> jax.Array:
         identity = self.downsample(x) if self.spec.downsample is not None else x
         out = jax.nn.relu(conv_bn(self.conv1, self.bn1, x))
         out = jax.nn.relu(conv_bn(self.conv2, self.bn2, out))
         out = conv_bn(self.conv3, self.bn3, out)
+        if self.spec.sa is not None:
+            out = self.sa(out)
         return jax.nn.relu(out + identity)
 
 

@@ -485,9 +485,73 @@ class Linear(nnx.Linear):
         self.spec = op
 
 
+class ShuffleAttention(nnx.Module):
+    """Shuffle Attention (SA-Net, Zhang & Yang 2021): the official ``sa_layer``'s numerics, channels last.
+
+    The ``C`` channels form ``groups`` sub-features of consecutive channels, each split into two halves of
+    ``c = C / (2·groups)``: the first is gated by its mean over H × W (``x · σ(cweight · mean + cbias)``), the
+    second by its per-channel GroupNorm (``x · σ(sweight · gn(x) + sbias)``); the halves go back in place and
+    the result is channel-shuffled with 2 groups (paper direction). Parameters: ``cweight`` ``cbias``
+    ``sweight`` ``sbias`` ``(c,)`` and ``gn`` (an ``nnx.GroupNorm`` with one channel per group, PyTorch's
+    eps 1e-5) holding ``gn.scale`` / ``gn.bias``, at the official init (gates σ(1), GroupNorm identity).
+
+    Computed on an ``(N, H, W, groups, 2, c)`` view, never moving the groups into the batch. The GroupNorm
+    is written out here with ``gn``'s parameters rather than called: ``nnx.GroupNorm`` normalises over every
+    non-batch axis of its input (it would mix the groups axis in) and the normalisation here is two-pass
+    (mean of squared deviations; ``E[x²] - E[x]²`` cancels in float32). A Flax user makes one directly with
+    :meth:`from_channels`, e.g. ``self.sa = ShuffleAttention.from_channels(256, groups=64)`` in any module.
+    """
+
+    def __init__(self, op: ir.ShuffleAttention, *, dtype: Any = "float32", rngs: nnx.Rngs | None = None) -> None:
+        del rngs  # deterministic init, as PyTorch: the caller's key stream (the other layers' init) is untouched
+        dtype = resolve_dtype(dtype)
+        c = op.branch_channels
+        zeros, ones = np.zeros((c,), dtype), np.ones((c,), dtype)  # host arrays: no per-shape compile
+        self.cweight = nnx.Param(from_host(zeros))
+        self.cbias = nnx.Param(from_host(ones))
+        self.sweight = nnx.Param(from_host(zeros))
+        self.sbias = nnx.Param(from_host(ones))
+        self.gn = nnx.GroupNorm(c, num_groups=c, epsilon=op.eps, dtype=dtype, param_dtype=dtype,
+                                use_fast_variance=False,  # two-pass, should anyone call ``gn`` itself
+                                scale_init=lambda key, shape, dt: from_host(np.ones(shape, dt)),
+                                bias_init=lambda key, shape, dt: from_host(np.zeros(shape, dt)),
+                                rngs=nnx.Rngs(0))
+        self.spec = op
+        self.dtype = dtype
+
+    @classmethod
+    def from_channels(cls, channels: int, groups: int = 64, *, eps: float = 1e-5, dtype: Any = "float32",
+                      rngs: nnx.Rngs | None = None) -> ShuffleAttention:
+        """``ShuffleAttention(ir.ShuffleAttention(channels, groups, eps))``: SA-Net's ``sa_layer(channels,
+        groups)`` for use in any NHWC module. ``SpecError`` (a ``ValueError``) unless ``2·groups | channels``."""
+        return cls(ir.ShuffleAttention(channels, groups, eps), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        op = self.spec
+        if x.ndim != 4 or x.shape[-1] != op.channels:
+            raise ValueError(f"ShuffleAttention expects NHWC input with {op.channels} channels, "
+                             f"got shape {tuple(x.shape)}")
+        n, h, w, channels = x.shape
+        if n * op.groups * h * w == 1:  # torch.nn.GroupNorm (so the official layer) refuses it, in eval mode too
+            raise ValueError(f"Expected more than 1 value per channel when training, got input of shape "
+                             f"{tuple(x.shape)} with groups=1 (shuffle attention's GroupNorm, channels last)")
+        halves = jnp.asarray(x, self.dtype).reshape(n, h, w, op.groups, 2, op.branch_channels)
+        first, second = halves[..., 0, :], halves[..., 1, :]
+        pooled = jnp.mean(first, axis=(1, 2), keepdims=True)
+        channel = first * jax.nn.sigmoid(self.cweight[...] * pooled + self.cbias[...])
+        mean = jnp.mean(second, axis=(1, 2), keepdims=True)
+        centred = second - mean
+        var = jnp.mean(jnp.square(centred), axis=(1, 2), keepdims=True)  # biased, two-pass
+        normed = centred * (jax.lax.rsqrt(var + op.eps) * self.gn.scale[...]) + self.gn.bias[...]
+        spatial = second * jax.nn.sigmoid(self.sweight[...] * normed + self.sbias[...])
+        out = jnp.stack([channel, spatial], axis=-2).reshape(n, h, w, channels)
+        return channel_shuffle(out, 2, "paper")
+
+
 LEAF_MODULES: dict[type, type[nnx.Module]] = {
     ir.Conv2d: Conv2d, ir.BatchNorm2d: BatchNorm2d, ir.ReLU: ReLU, ir.MaxPool2d: MaxPool2d,
     ir.AvgPool2d: AvgPool2d, ir.ChannelShuffle: ChannelShuffle, ir.Linear: Linear,
+    ir.ShuffleAttention: ShuffleAttention,
 }
 
 

@@ -120,7 +120,8 @@ def shuffle_v1_block(wire: Wire, block: ir.ShuffleV1Block, x: Handle, path: str)
 
 
 def bottleneck(wire: Wire, block: ir.Bottleneck, x: Handle, path: str) -> Handle:
-    """torchvision ``Bottleneck``: relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1 x))))))) + identity)."""
+    """torchvision ``Bottleneck``: relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1 x))))))) + identity);
+    SA-Net's ``SABottleneck`` (``block.sa``) gates ``bn3``'s output with Shuffle Attention before the add."""
     def sub(name: str, t: Handle) -> Handle:
         return apply_node(wire, getattr(block, name), t, keras_path(path, name))
 
@@ -131,6 +132,8 @@ def bottleneck(wire: Wire, block: ir.Bottleneck, x: Handle, path: str) -> Handle
     out = relu("relu1", sub("bn1", sub("conv1", x)))
     out = relu("relu2", sub("bn2", sub("conv2", out)))
     out = sub("bn3", sub("conv3", out))
+    if block.sa is not None:
+        out = sub("sa", out)
     identity = x if block.downsample is None else sub("downsample", x)
     out = wire.call(_new(keras.layers.Add, path, "add"), [out, identity])
     return relu("relu", out)

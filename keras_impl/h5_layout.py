@@ -22,7 +22,9 @@ checks the result against files written by ``model.save_weights`` for every fami
 
 A layer's variables are saved in creation order, trainable first (``Layer.save_own_variables``;
 ``Dense`` / convolutions save kernel then bias), which is the canonical ``state_dict`` order of the op's
-tensors (weight, bias / weight, bias, running_mean, running_var, num_batches_tracked).
+tensors (weight, bias / weight, bias, running_mean, running_var, num_batches_tracked / SA-Net's cweight,
+cbias, sweight, sbias, gn.weight, gn.bias, which :class:`~keras_impl.layers.ShuffleAttention` creates in
+that order).
 """
 
 from __future__ import annotations

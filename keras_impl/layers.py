@@ -25,7 +25,8 @@ _REGISTER = keras.saving.register_keras_serializable(package="groupnets")
 PYTORCH_BN_ERROR = "Expected more than 1 value per channel when training"
 
 #: Layer name of a weighted leaf op built on its own (its canonical layer path is empty).
-BARE_LAYER_NAMES = {ir.Conv2d: "conv2d", ir.BatchNorm2d: "batchnorm2d", ir.Linear: "linear"}
+BARE_LAYER_NAMES = {ir.Conv2d: "conv2d", ir.BatchNorm2d: "batchnorm2d", ir.Linear: "linear",
+                    ir.ShuffleAttention: "shuffle_attention"}
 
 
 # ------------------------------------------------------------------------------------------- names
@@ -290,6 +291,91 @@ class TorchBatchNormalization(keras.layers.BatchNormalization):
         would round it through float32 first."""
         scale = ops.rsqrt(var + ops.convert_to_tensor(self.epsilon, dtype=dtype))
         return scale * ops.cast(self.gamma, dtype) if self.scale else scale
+
+
+@_REGISTER
+class ShuffleAttention(keras.layers.Layer):
+    """Shuffle Attention (SA-Net, Zhang & Yang 2021) on NHWC input, the official ``sa_layer``'s numerics.
+
+    The C channels are ``groups`` runs of consecutive channels, each split into two halves of
+    ``c = C / (2·groups)``: the first is gated by its spatial mean, ``x · σ(cweight · mean(x) + cbias)``,
+    the second by its GroupNorm with one channel per group, ``x · σ(sweight · gn(x) + sbias)`` (per
+    sample and channel over H × W, biased variance, ``epsilon`` 1e-5 as ``torch.nn.GroupNorm`` — not
+    ``keras.layers.GroupNormalization``'s 1e-3); the halves go back in place and the result is
+    channel-shuffled with 2 groups (paper direction). The ``c``-vectors ``cweight, cbias, sweight, sbias,
+    gamma, beta`` are created in that order (the official ``state_dict`` order, which ``.weights.h5``
+    files rely on) with the official initial values 0, 1, 0, 1, 1, 0.
+
+    Computed on a ``(N, H, W, groups, 2, c)`` view, never by folding the groups into the batch; means are
+    ``sum / count`` and the variance two-pass (mean of squared deviations), so float64 stays float64 on
+    every backend and float32 does not lose the variance to cancellation. Half precision is computed in
+    float32, as :class:`TorchBatchNormalization` does.
+    """
+
+    def __init__(self, groups: int = 64, epsilon: float = 1e-5, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if int(groups) < 1:
+            raise ValueError(f"ShuffleAttention: groups must be >= 1, got {groups}")
+        self.groups = int(groups)
+        self.epsilon = float(epsilon)
+        self.branch_channels: int | None = None
+
+    def _branch_channels(self, channels: int | None) -> int:
+        """``C / (2·groups)``, checked at build time: the official layer only fails later, in a shape error."""
+        if channels is None:
+            raise ValueError(f"{self.name}: ShuffleAttention needs a static channel count (last axis), got None")
+        if channels % (2 * self.groups):
+            raise ValueError(f"{self.name}: {channels} channels are not divisible by 2 x groups = "
+                             f"{2 * self.groups} (each of the {self.groups} groups splits into two equal halves)")
+        return channels // (2 * self.groups)
+
+    def build(self, input_shape) -> None:
+        if len(input_shape) != 4:
+            raise ValueError(f"{self.name}: ShuffleAttention takes NHWC input (rank 4), got shape {input_shape}")
+        channels = input_shape[-1]
+        c = self._branch_channels(channels)
+        self.branch_channels = c
+        for name, init in (("cweight", "zeros"), ("cbias", "ones"), ("sweight", "zeros"), ("sbias", "ones"),
+                           ("gamma", "ones"), ("beta", "zeros")):
+            setattr(self, name, self.add_weight(shape=(c,), initializer=init, name=name))
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
+
+    def call(self, inputs):
+        static = inputs.shape[:3]
+        if all(d is not None for d in static) and math.prod(static) * self.groups == 1:
+            # torch.nn.GroupNorm (so the official layer) refuses one value per channel, in eval mode too
+            raise ValueError(f"{PYTORCH_BN_ERROR}, got input shape {tuple(inputs.shape)} with groups=1 "
+                             f"(shuffle attention's GroupNorm)")
+        x = ops.cast(inputs, _compute_dtype(inputs.dtype))
+        dtype = x.dtype
+        dims = ops.shape(x)  # dynamic N, H, W (tensors under tf.function) are fine here
+        lead, channels = tuple(dims[:3]), int(x.shape[-1])
+        c = channels // (2 * self.groups)
+        view = ops.reshape(x, (*lead, self.groups, 2, c))
+        first, second = view[..., 0, :], view[..., 1, :]  # (N, H, W, groups, c) each
+        # sum / count, not ops.mean: Keras's mean computes float64 in float32 on JAX and torch.
+        count = ops.cast(dims[1] * dims[2], dtype)
+
+        def param(v):
+            return ops.cast(v, dtype)
+
+        pooled = ops.sum(first, axis=(1, 2), keepdims=True) / count
+        channel = first * ops.sigmoid(param(self.cweight) * pooled + param(self.cbias))
+        centred = second - ops.sum(second, axis=(1, 2), keepdims=True) / count
+        var = ops.sum(ops.square(centred), axis=(1, 2), keepdims=True) / count  # biased, two-pass
+        # epsilon straight into dtype: ops.cast(1e-5, "float64") would round it through float32 first
+        normed = centred * ops.rsqrt(var + ops.convert_to_tensor(self.epsilon, dtype=dtype))
+        normed = normed * param(self.gamma) + param(self.beta)
+        spatial = second * ops.sigmoid(param(self.sweight) * normed + param(self.sbias))
+        y = ops.reshape(ops.stack([channel, spatial], axis=-2), (*lead, channels))
+        return ops.cast(channel_shuffle(y, 2, "paper"), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        self._branch_channels(input_shape[-1])
+        return tuple(input_shape)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "groups": self.groups, "epsilon": self.epsilon}
 
 
 # ------------------------------------------------------------------------------- fast convolutions
@@ -565,4 +651,6 @@ def leaf_layers(op: object, path: str, dtype: str) -> list[keras.layers.Layer]:
         return [ChannelShuffle(op.groups, op.convention, name=name, dtype=dtype)]
     if isinstance(op, ir.Linear):
         return [Linear(op.out_features, use_bias=op.bias, name=weight_layer_name(path, op), dtype=dtype)]
+    if isinstance(op, ir.ShuffleAttention):
+        return [ShuffleAttention(op.groups, op.eps, name=weight_layer_name(path, op), dtype=dtype)]
     raise TypeError(f"not an IR leaf op: {type(op).__name__}")

@@ -57,7 +57,8 @@ class ShuffleV1Block(nn.Module):
 
 class Bottleneck(nn.Module):
     """torchvision ResNet ``Bottleneck`` (stride on the grouped 3x3):
-    ``relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + identity)``."""
+    ``relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + identity)``; with ``sa`` (SA-Net's
+    ``SABottleneck``) ``relu(sa(bn3(...)) + identity)``."""
 
     def __init__(self, node: ir.Bottleneck, children: NamedModules) -> None:
         super().__init__()
@@ -65,6 +66,8 @@ class Bottleneck(nn.Module):
             self.add_module(name, module)
         if node.downsample is None:
             self.downsample = None  # torchvision keeps the attribute even when there is no projection
+        if node.sa is None:
+            self.sa = None
         self.relu = nn.ReLU(inplace=True)  # torchvision's one shared, weightless ReLU
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,5 +75,7 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
+        if self.sa is not None:
+            out = self.sa(out)
         out += identity  # in place, as torchvision: the conv output is fresh
         return self.relu(out)

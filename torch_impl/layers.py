@@ -1,4 +1,5 @@
-"""IR leaf ops → ``torch.nn`` modules, plus the two tensor functions (channel shuffle / split).
+"""IR leaf ops → ``torch.nn`` modules, plus the two tensor functions (channel shuffle / split) and
+Shuffle Attention.
 
 Each leaf maps to the stock PyTorch module with the IR's numbers, so ``state_dict`` keys and layouts are
 torchvision's and a torchvision checkpoint loads unchanged.
@@ -69,6 +70,42 @@ class ChannelShuffle(nn.Module):
         return f"groups={self.groups}, convention={self.convention!r}"
 
 
+class ShuffleAttention(nn.Module):
+    """Shuffle Attention (SA-Net, Zhang & Yang 2021), numerically and key-for-key the official ``sa_layer``.
+
+    ``channels`` form ``groups`` sub-features of consecutive channels, folded into the batch; each splits
+    into a half gated by its global mean (``cweight``, ``cbias``) and a half gated by its per-channel
+    GroupNorm (``gn``, then ``sweight``, ``sbias``); the halves are put back and the result is
+    channel-shuffled with 2 groups (paper direction). Gates start at the official init (weights 0,
+    biases 1: every gate is the constant σ(1)). Drop it into any NCHW network::
+
+        block = nn.Sequential(conv, bn, ShuffleAttention(256, groups=64))
+    """
+
+    def __init__(self, channels: int, groups: int = 64, eps: float = 1e-5, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        op = ir.ShuffleAttention(channels, groups, eps)  # SpecError (a ValueError) unless 2·groups | channels
+        self.channels, self.groups = channels, groups
+        gate = (1, op.branch_channels, 1, 1)
+        self.cweight = nn.Parameter(torch.zeros(gate, dtype=dtype))
+        self.cbias = nn.Parameter(torch.ones(gate, dtype=dtype))
+        self.sweight = nn.Parameter(torch.zeros(gate, dtype=dtype))
+        self.sbias = nn.Parameter(torch.ones(gate, dtype=dtype))
+        self.gn = nn.GroupNorm(op.branch_channels, op.branch_channels, eps=eps, dtype=dtype)  # one channel per group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        if c != self.channels:
+            raise ValueError(f"ShuffleAttention({self.channels}, groups={self.groups}) got {c} input channels")
+        first, second = x.reshape(b * self.groups, c // self.groups, h, w).chunk(2, dim=1)
+        channel = first * torch.sigmoid(self.cweight * first.mean(dim=(2, 3), keepdim=True) + self.cbias)
+        spatial = second * torch.sigmoid(self.sweight * self.gn(second) + self.sbias)
+        return channel_shuffle(torch.cat((channel, spatial), dim=1).reshape(b, c, h, w), 2, "paper")
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, groups={self.groups}"
+
+
 def build_leaf(op: ir.LeafOp, dtype: torch.dtype) -> nn.Module:
     """The ``torch.nn`` module for one IR leaf op; every number comes from ``op``."""
     if isinstance(op, ir.Conv2d):
@@ -87,4 +124,6 @@ def build_leaf(op: ir.LeafOp, dtype: torch.dtype) -> nn.Module:
         return ChannelShuffle(op.groups, op.convention)
     if isinstance(op, ir.Linear):
         return nn.Linear(op.in_features, op.out_features, bias=op.bias, dtype=dtype)
+    if isinstance(op, ir.ShuffleAttention):
+        return ShuffleAttention(op.channels, op.groups, op.eps, dtype=dtype)
     raise TypeError(f"not a groupnets IR node: {type(op).__name__}")

@@ -108,7 +108,8 @@ class Network(nn.Module):
 
 
 def _init_like_torchvision(model: nn.Module) -> None:
-    """torchvision's ResNet init (Kaiming-normal, fan-out); ShuffleNet V2 keeps PyTorch's defaults."""
+    """torchvision's ResNet init (Kaiming-normal, fan-out; SA-Net's code does the same); ShuffleNet V2 keeps
+    PyTorch's defaults."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -127,7 +128,7 @@ def build(node: object, dtype: DTypeLike = "float32", *, weights: Mapping[str, o
     children = [(name, build(child, torch_dtype)) for name, child in ir.children_of(node)]
     if isinstance(node, NetworkSpec):
         module: nn.Module = Network(node, children)
-        if node.family == "resnext":
+        if node.family in ("resnext", "sa_resnet"):
             _init_like_torchvision(module)
     elif isinstance(node, (ir.Sequential, ir.Stage)):
         module = nn.Sequential(OrderedDict(children))
