@@ -557,3 +557,39 @@ def test_a_hub_safetensors_file_without_metadata_reads_as_canonical(tmp_path):
     result = convert(None, tmp_path / "model.safetensors", tmp_path / "out.pth")
     assert (result.model, result.num_classes) == (MODEL, 1000)
     assert _same(read_weights(tmp_path / "out.pth")[0], weights)
+
+
+def _official_sa_net_checkpoint(path: Path, model: str) -> dict:
+    """What SA-Net's training script saves (wofmanaf/SA-Net ``main.py``): ``torch.save`` of ``{'epoch',
+    'arch', 'state_dict', 'best_prec1', 'optimizer'}``, the state_dict of a ``DataParallel`` model
+    (``module.`` keys) and SGD's state with a momentum buffer per parameter. Returns the canonical weights."""
+    import torch
+    import torch_impl
+    spec = get_spec(model)
+    net = torch.nn.DataParallel(torch_impl.build(spec, weights=random_weights(spec, 0, "float32", calibrate=False)))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()  # creates the momentum buffers, as after any step (and decays the weights)
+    state = net.state_dict()
+    torch.save({"epoch": 100, "arch": model, "state_dict": state, "best_prec1": torch.tensor(77.882),
+                "optimizer": optimizer.state_dict()}, path)
+    return {k.removeprefix("module."): v.numpy() for k, v in state.items()}
+
+
+def test_official_sa_net_checkpoint_converts_to_every_format(tmp_path):
+    """``groupnets convert sa_resnet50 sa_resnet50.pth.tar out.keras`` (and every other format) takes the
+    official file as it is; its keys are the canonical ones, so the conversion is bit-exact; without a
+    model name the file is recognised by its tensors."""
+    source = tmp_path / "sa_resnet50.pth.tar"
+    weights = _official_sa_net_checkpoint(source, "sa_resnet50")
+    cli = subprocess.run([GROUPNETS, "convert", "sa_resnet50", str(source), str(tmp_path / "out.keras")],
+                         capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    assert "epoch, arch, best_prec1, optimizer" in cli.stdout and "'module.'" in cli.stdout
+    read, recorded = read_weights(tmp_path / "out.keras")
+    assert recorded == "sa_resnet50" and _same(read, weights)
+    for fmt in ("canonical", "torch", "flax", "keras-weights"):
+        out = tmp_path / f"out{EXTENSION[fmt]}"
+        result = convert(None if fmt == "canonical" else "sa_resnet50", source, out)
+        assert result.model == "sa_resnet50" and _same(read_weights(out, model="sa_resnet50")[0], weights)

@@ -19,9 +19,10 @@ from conftest import import_backend
 from harness import FULL, network_outputs, network_weights
 
 #: One model per family, together taking every conv formulation any registered model takes (held by
-#: ``test_family_models_take_every_conv_path``). ``--full`` adds V1 g8 0.5x, whose narrow groups take the
+#: ``test_family_models_take_every_conv_path``; SA-ResNet-50 brings the ungrouped 3x3 bottleneck convs, and
+#: Shuffle Attention to every inference path). ``--full`` adds V1 g8 0.5x, whose narrow groups take the
 #: same paths as g3's; every model of every family runs in ``test_networks``.
-FAMILY_MODELS = ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "resnext50_32x4d") + (
+FAMILY_MODELS = ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "resnext50_32x4d", "sa_resnet50") + (
     ("shufflenet_v1_g8_x0_5",) if FULL else ())
 #: The whole-network size of test_networks (even in H, odd in W), so the oracle outputs are shared.
 SIZE = (64, 49)

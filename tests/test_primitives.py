@@ -79,6 +79,39 @@ def test_depthwise_separable_conv(framework, dtype, stride, size):
     assert_framework_matches(framework, depthwise_separable_conv(6, 10, 3, stride), (2, 6, *size), dtype)
 
 
+@st.composite
+def shuffle_attention_cases(draw):
+    """SA-Net's layer: G groups of 2·c channels (c per half), any spatial size down to 1 × 1, where the
+    GroupNorm over one value per channel is PyTorch's degenerate but defined ``gn.bias``."""
+    groups = draw(st.sampled_from([1, 2, 3, 4, 64]))
+    node = ir.ShuffleAttention(2 * groups * draw(st.integers(1, 3)), groups)
+    h, w = draw(st.sampled_from([1, 2, 5, 8])), draw(st.sampled_from([1, 3, 7]))
+    return node, (draw(st.sampled_from([1, 2])), node.channels, h, w)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@seed(CASE_SEED)
+@given(case=shuffle_attention_cases())
+def test_shuffle_attention(framework, dtype, case):
+    node, shape = case
+    if shape[0] * node.groups * shape[2] * shape[3] == 1:
+        # One value per GroupNorm channel in all: PyTorch's group_norm refuses it (eval mode too), so must all.
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+            primitive_output(framework, node, shape, dtype, 0)
+        return
+    assert_framework_matches(framework, node, shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("shape", [(2, 16, 1, 1), (1, 16, 1, 6), (3, 16, 9, 7)])
+def test_shuffle_attention_fixed_shapes(framework, dtype, shape):
+    """The degenerate 1 × 1 map (one value per GroupNorm channel and sample: the output is ``gn.bias``,
+    as PyTorch's) and a 1-pixel-high one always, whatever hypothesis draws."""
+    assert_framework_matches(framework, ir.ShuffleAttention(16, 4), shape, dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("node", [
@@ -155,6 +188,31 @@ def test_bad_group_counts_raise_clear_errors(framework):
         backend.channel_split(x, 3)
     with pytest.raises(SpecError, match="groups"):
         grouped_conv(10, 12, groups=4)
+
+
+@pytest.mark.parametrize("node,shape", [(ir.ShuffleAttention(4, 1), (1, 4, 1, 1)),
+                                        (ir.ShuffleAttention(16, 1), (1, 16, 1, 1))])
+def test_shuffle_attention_refuses_one_value_per_channel_as_pytorch(framework, node, shape):
+    """Batch 1, one group, 1 × 1 map: the GroupNorm sees one value per channel in all, which
+    ``torch.nn.GroupNorm`` refuses (in eval mode too); the oracle and every backend refuse it alike."""
+    for party in ("numpy", framework):
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+            primitive_output(party, node, shape, "float64", 0)
+
+
+def test_shuffle_attention_refuses_channels_it_cannot_halve(framework):
+    """Each backend's public layer, made the way its users make one, names the problem: 96 channels
+    cannot form 64 groups of two equal halves (the official layer fails later, inside a reshape)."""
+    backend = import_backend(framework)
+    message = r"96 channels are not divisible by 2 x groups = 128"
+    with pytest.raises(ValueError, match=message):
+        if framework == "torch":
+            backend.ShuffleAttention(96, groups=64)
+        elif framework == "keras":
+            import keras
+            backend.ShuffleAttention(groups=64)(keras.Input((8, 8, 96)))
+        else:
+            backend.ShuffleAttention.from_channels(96, groups=64)
 
 
 #: (conv, the path flax_impl's "auto" picks for it in float32, NCHW input): one case per fast path, odd sizes

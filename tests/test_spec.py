@@ -29,14 +29,16 @@ MEGVII = {
     "shufflenet_v1_g8_x0_5": ((16, 192, 384, 768), 1.0, 40), "shufflenet_v1_g8_x1_0": ((24, 384, 768, 1536), 2.4, 138),
     "shufflenet_v1_g8_x1_5": ((24, 576, 1152, 2304), 4.3, 290), "shufflenet_v1_g8_x2_0": ((48, 768, 1536, 3072), 6.5, 522),
 }
+# SA-Net's models: parameters of the official code (wofmanaf/SA-Net models/sa_resnet.py, 1000 classes)
+SA_NET = {"sa_resnet50": 25_557_740, "sa_resnet101": 44_550_684, "sa_resnext50_32x4d": 25_029_612}
 PAPER_TABLE1 = {1: (144, 143), 2: (200, 140), 3: (240, 137), 4: (272, 133), 8: (384, 137)}  # stage2, MFLOPs
 
 
 def test_registry_lists_every_variant():
     names = list_models()
-    assert len(names) == 4 + 3 + 5 * 4 and names == sorted(names)
+    assert len(names) == 4 + 3 + 5 * 4 + 3 and names == sorted(names)
     assert {f"shufflenet_v1_g{g}_x{w}" for g in (1, 2, 3, 4, 8) for w in ("0_5", "1_0", "1_5", "2_0")} <= set(names)
-    assert set(TORCHVISION) <= set(names)
+    assert set(TORCHVISION) <= set(names) and set(SA_NET) <= set(names)
 
 
 def test_unknown_model_lists_close_matches():
@@ -166,3 +168,47 @@ def test_common_imports_no_framework():
             "bad = [m for m in ('torch', 'tensorflow', 'jax', 'keras', 'flax') if m in sys.modules];"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
+
+
+@pytest.mark.parametrize("name", sorted(SA_NET))
+def test_sa_net_parameter_counts_and_official_keys(name):
+    """The official counts, and the official checkpoint's keys: a torchvision bottleneck's, with the six
+    ``sa`` tensors between ``bn3`` and ``downsample`` (``SABottleneck`` registers ``sa`` before it)."""
+    from common.spec.params import canonical_params
+    spec = get_spec(name)
+    assert count_parameters(spec) == SA_NET[name] == summarize(spec).params
+    keys = list(canonical_params(spec))
+    plain = get_spec(name.removeprefix("sa_")) if "resnext" in name else None
+    first = keys[keys.index("layer1.0.bn3.num_batches_tracked") + 1:keys.index("layer1.0.downsample.0.weight")]
+    assert first == [f"layer1.0.sa.{role}" for role in ("cweight", "cbias", "sweight", "sbias", "gn.weight", "gn.bias")]
+    blocks = sum(len(stage.blocks) for stage in spec.stages)
+    assert sum(k.split(".")[2] == "sa" for k in keys if k.startswith("layer")) == 6 * blocks
+    if plain is not None:  # SA-ResNeXt = torchvision's ResNeXt + the sa tensors, nothing else
+        assert [k for k in keys if ".sa." not in k] == list(canonical_params(plain))
+    shapes = {k: p.shape for k, p in canonical_params(spec).items()}
+    assert shapes["layer4.2.sa.cweight"] == (1, 16, 1, 1) and shapes["layer1.0.sa.gn.bias"] == (2,)
+
+
+def test_shuffle_attention_channels_must_split_into_group_halves():
+    from common.spec.ir import ShuffleAttention
+    assert ShuffleAttention(256, 64).branch_channels == 2
+    for channels, groups in [(96, 64), (6, 2), (0, 1), (8, 0)]:
+        with pytest.raises(SpecError, match="ShuffleAttention"):
+            ShuffleAttention(channels, groups)
+    with pytest.raises(SpecError, match=r"layer 'layer1.0'.sa: ShuffleAttention: 256 channels .* = 192"):
+        build_resnext("tiny", ResNeXtConfig((1, 1, 1, 1), attention_groups=96))
+
+
+def test_summary_counts_shuffle_attention():
+    """Each layer adds ``C/2 + 3/2 · C · H · W`` multiply-adds (gate affines and products) and 3 · C/G
+    parameters; its shape is its input's."""
+    from common.spec.ir import ShuffleAttention
+    from common.spec.summary import trace
+    assert trace(ShuffleAttention(256, 64), (256, 7, 5)) == ((256, 7, 5), 128 + 128 * 35 + 256 * 35)
+    sa, plain = summarize(get_spec("sa_resnext50_32x4d")), summarize(get_spec("resnext50_32x4d"))
+    stage_sizes = {"layer1": (256, 56), "layer2": (512, 28), "layer3": (1024, 14), "layer4": (2048, 7)}
+    blocks = {"layer1": 3, "layer2": 4, "layer3": 6, "layer4": 3}
+    for ours, theirs in zip(sa.stages, plain.stages):
+        c, hw = stage_sizes.get(ours.name, (0, 0))
+        assert ours.macs - theirs.macs == blocks.get(ours.name, 0) * (c // 2 + 3 * c // 2 * hw * hw)
+        assert ours.params - theirs.params == blocks.get(ours.name, 0) * 3 * c // 64
