@@ -62,7 +62,7 @@ def test_summary_prints_reference_figures():
 def test_list():
     result = run("list", "resnext")
     assert result.returncode == 0 and result.stdout.split()[::3] == [
-        "resnext101_32x8d", "resnext101_64x4d", "resnext50_32x4d"]
+        "resnext101_32x8d", "resnext101_64x4d", "resnext50_32x4d", "sa_resnext50_32x4d"]
 
 
 def test_a_command_prints_no_framework_log_lines(tmp_path):
