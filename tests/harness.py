@@ -194,7 +194,7 @@ def train_spec(model: str):
     """The :data:`TRAIN_MODELS` spec named ``model`` (10 classes)."""
     from dataclasses import replace
 
-    from common import resnext, shufflenet_v1, shufflenet_v2
+    from common.spec import resnext, shufflenet_v1, shufflenet_v2
     if model == "shufflenet_v2_tiny":
         config = replace(shufflenet_v2.VARIANTS["shufflenet_v2_x0_5"], stages_repeats=(1, 2, 1))
         return shufflenet_v2.build(model, config, 10)

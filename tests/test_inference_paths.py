@@ -12,11 +12,12 @@ import onnxruntime as ort  # a CI requirement: missing means a loud collection e
 import pytest
 
 import store
-from common import get_spec, ir, list_models, random_input, random_weights
+from common import get_spec, list_models, random_input, random_weights
 from common.check.compare import BOUNDS, compare
+from common.check.oracle import forward
+from common.spec import ir
 from common.spec.fusion import conv_bn_pairs
 from conftest import import_backend
-from common.check.oracle import forward
 from harness import FULL, TRAIN_MODELS, network_outputs, network_weights, train_spec
 
 #: One model per family, together taking every conv formulation any registered model takes (held by

@@ -8,11 +8,12 @@ import pytest
 from hypothesis import given, seed
 from hypothesis import strategies as st
 
-from common import SpecError, ir, random_input, random_weights
+from common import SpecError, random_input, random_weights
 from common.check.compare import BOUNDS, compare
 from common.check.oracle import channel_shuffle as oracle_shuffle
 from common.check.oracle import channel_split as oracle_split
 from common.check.verify import run_framework
+from common.spec import ir
 from common.spec.primitives import depthwise_conv, depthwise_separable_conv, grouped_conv
 from harness import native_layout, primitive_output, to_numpy, to_tensor
 from conftest import FRAMEWORKS, import_backend
