@@ -24,7 +24,9 @@ def merge_branch_norms(spec: NetworkSpec) -> list[str]:
 
 def random_weights(spec: object, seed: int = 0, dtype: str | np.dtype = "float32",
                    calibrate: bool = True) -> dict[str, np.ndarray]:
-    """He-scaled conv / linear weights, BN affine ~U(0.5, 1.5) / N(0, 0.1²), random running statistics.
+    """He-scaled conv / linear weights, BN and GroupNorm affine ~U(0.5, 1.5) / N(0, 0.1²), random running
+    statistics; Shuffle Attention's gate weights and biases ~N(0, 1), so its sigmoids are far from the
+    constant σ(1) of the official initial values and every gate input matters.
 
     Why the merge-branch damping: with every gamma ~U(0.5, 1.5), a calibrated random BN-ReLU network is
     chaotic — in exact float64 arithmetic a 1e-7 input perturbation grows 16x (ShuffleNet V2) to 130x

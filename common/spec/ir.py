@@ -1,7 +1,7 @@
 """The framework-free layer IR every network is described in.
 
 A network spec is a tree of frozen dataclasses: leaf *ops* (``Conv2d``, ``BatchNorm2d``, ``Linear``,
-``ReLU``, pools, ``ChannelShuffle``) and *containers* (``Sequential`` and the three block kinds) whose
+``ReLU``, pools, ``ChannelShuffle``, ``ShuffleAttention``) and *containers* (``Sequential`` and the three block kinds) whose
 ``children()`` name their sub-layers exactly as torchvision's modules do. Every node answers for itself
 what walkers need (:class:`IRNode`), so a new layer kind is one class here, not a case in each walker.
 From this one tree come the

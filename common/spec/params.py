@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .ir import BatchNorm2d, Conv2d, IRNode, Linear, ParamRole, iter_leaves
+from .ir import BatchNorm2d, Conv2d, IRNode, Linear, ParamRole, ShuffleAttention, iter_leaves
 
 @dataclass(frozen=True)
 class ParamInfo:
@@ -17,7 +17,7 @@ class ParamInfo:
 
     key: str  # e.g. "stage2.0.branch1.0.weight"
     layer: str  # e.g. "stage2.0.branch1.0"
-    op: Conv2d | BatchNorm2d | Linear
+    op: Conv2d | BatchNorm2d | Linear | ShuffleAttention
     role: ParamRole
     shape: tuple[int, ...]
     trainable: bool
