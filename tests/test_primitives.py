@@ -83,7 +83,8 @@ def test_depthwise_separable_conv(framework, dtype, stride, size):
 @st.composite
 def shuffle_attention_cases(draw):
     """SA-Net's layer: G groups of 2·c channels (c per half), any spatial size down to 1 × 1, where the
-    GroupNorm over one value per channel is PyTorch's degenerate but defined ``gn.bias``."""
+    GroupNorm over one value per channel and sample gives PyTorch's degenerate but defined ``gn.bias`` —
+    unless batch × groups is 1 too, which PyTorch refuses (and so must every party)."""
     groups = draw(st.sampled_from([1, 2, 3, 4, 64]))
     node = ir.ShuffleAttention(2 * groups * draw(st.integers(1, 3)), groups)
     h, w = draw(st.sampled_from([1, 2, 5, 8])), draw(st.sampled_from([1, 3, 7]))
