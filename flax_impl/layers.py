@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common.runtime import xla_conv
+from common.runtime import shuffle_attention, xla_conv
+from common.runtime.checks import check_values_per_channel
 from common.runtime.dtypes import dtype_name
 from common.runtime.xla_cpu import split_groups, use_taps
 from common.spec import ir
@@ -383,9 +384,7 @@ class BatchNorm2d(nnx.Module):
         else:
             axes = tuple(range(x.ndim - 1))
             count = x.size // self.num_features
-            if count <= 1:
-                raise ValueError("Expected more than 1 value per channel when training, got input of shape "
-                                 f"{tuple(x.shape)} (channels last)")
+            check_values_per_channel(count, x.shape, "batch norm, channels last")
             mean = jnp.mean(x, axis=axes)
             var = jnp.mean(jnp.square(x - mean), axis=axes)  # biased (two-pass: no cancellation)
             unbiased = var * (count / (count - 1))
@@ -496,7 +495,8 @@ class ShuffleAttention(nnx.Module):
     eps 1e-5) holding ``gn.scale`` / ``gn.bias``, at the official init (gates σ(1), GroupNorm identity).
 
     Computed on an ``(N, H, W, groups, 2, c)`` view, never moving the groups into the batch. The GroupNorm
-    is written out here with ``gn``'s parameters rather than called: ``nnx.GroupNorm`` normalises over every
+    is written out (in :mod:`common.runtime.shuffle_attention`, shared with Keras) with ``gn``'s parameters
+    rather than called: ``nnx.GroupNorm`` normalises over every
     non-batch axis of its input (it would mix the groups axis in) and the normalisation here is two-pass
     (mean of squared deviations; ``E[x²] - E[x]²`` cancels in float32). A Flax user makes one directly with
     :meth:`from_channels`, e.g. ``self.sa = ShuffleAttention.from_channels(256, groups=64)`` in any module.
@@ -532,19 +532,12 @@ class ShuffleAttention(nnx.Module):
             raise ValueError(f"ShuffleAttention expects NHWC input with {op.channels} channels, "
                              f"got shape {tuple(x.shape)}")
         n, h, w, channels = x.shape
-        if n * op.groups * h * w == 1:  # torch.nn.GroupNorm (so the official layer) refuses it, in eval mode too
-            raise ValueError(f"Expected more than 1 value per channel when training, got input of shape "
-                             f"{tuple(x.shape)} with groups=1 (shuffle attention's GroupNorm, channels last)")
-        halves = jnp.asarray(x, self.dtype).reshape(n, h, w, op.groups, 2, op.branch_channels)
-        first, second = halves[..., 0, :], halves[..., 1, :]
-        pooled = jnp.mean(first, axis=(1, 2), keepdims=True)
-        channel = first * jax.nn.sigmoid(self.cweight[...] * pooled + self.cbias[...])
-        mean = jnp.mean(second, axis=(1, 2), keepdims=True)
-        centred = second - mean
-        var = jnp.mean(jnp.square(centred), axis=(1, 2), keepdims=True)  # biased, two-pass
-        normed = centred * (jax.lax.rsqrt(var + op.eps) * self.gn.scale[...]) + self.gn.bias[...]
-        spatial = second * jax.nn.sigmoid(self.sweight[...] * normed + self.sbias[...])
-        out = jnp.stack([channel, spatial], axis=-2).reshape(n, h, w, channels)
+        # torch.nn.GroupNorm (so the official layer) refuses one value per channel, in eval mode too
+        check_values_per_channel(n * op.groups * h * w, x.shape, "shuffle attention's GroupNorm, channels last")
+        params = [v[...] for v in (self.cweight, self.cbias, self.sweight, self.sbias, self.gn.scale, self.gn.bias)]
+        out = shuffle_attention.gated_halves(jnp, jnp.asarray(x, self.dtype), (n, h, w), channels, op.groups,
+                                             params, op.eps, lambda t: jnp.mean(t, axis=(1, 2), keepdims=True),
+                                             jax.nn.sigmoid, jax.lax.rsqrt)
         return channel_shuffle(out, 2, "paper")
 
 

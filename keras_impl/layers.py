@@ -15,14 +15,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from common.runtime import xla_conv
+from common.runtime import shuffle_attention, xla_conv
+from common.runtime.checks import check_values_per_channel
 from common.runtime.xla_cpu import split_groups, use_taps
 from common.spec import ir
 from common.spec.shuffle import CONVENTIONS
 
 _REGISTER = keras.saving.register_keras_serializable(package="groupnets")
-
-PYTORCH_BN_ERROR = "Expected more than 1 value per channel when training"
 
 #: Layer name of a weighted leaf op built on its own (its canonical layer path is empty).
 BARE_LAYER_NAMES = {ir.Conv2d: "conv2d", ir.BatchNorm2d: "batchnorm2d", ir.Linear: "linear",
@@ -249,8 +248,8 @@ class TorchBatchNormalization(keras.layers.BatchNormalization):
         axes = tuple(i for i in range(ndim) if i != self.axis % ndim)
         if training and self.trainable:
             static = [x.shape[i] for i in axes]
-            if all(d is not None for d in static) and math.prod(static) <= 1:
-                raise ValueError(f"{PYTORCH_BN_ERROR}, got input shape {tuple(x.shape)}")
+            check_values_per_channel(math.prod(static) if None not in static else None, x.shape,
+                                     "batch norm, channels last")
             dims = ops.shape(x)
             count = 1
             for i in axes:
@@ -306,8 +305,8 @@ class ShuffleAttention(keras.layers.Layer):
     gamma, beta`` are created in that order (the official ``state_dict`` order, which ``.weights.h5``
     files rely on) with the official initial values 0, 1, 0, 1, 1, 0.
 
-    Computed on a ``(N, H, W, groups, 2, c)`` view, never by folding the groups into the batch; means are
-    ``sum / count`` and the variance two-pass (mean of squared deviations), so float64 stays float64 on
+    Computed on a ``(N, H, W, groups, 2, c)`` view (:mod:`common.runtime.shuffle_attention`, shared with
+    Flax), never by folding the groups into the batch; means are ``sum / count`` and the variance two-pass (mean of squared deviations), so float64 stays float64 on
     every backend and float32 does not lose the variance to cancellation. Half precision is computed in
     float32, as :class:`TorchBatchNormalization` does.
     """
@@ -342,32 +341,21 @@ class ShuffleAttention(keras.layers.Layer):
 
     def call(self, inputs):
         static = inputs.shape[:3]
-        if all(d is not None for d in static) and math.prod(static) * self.groups == 1:
-            # torch.nn.GroupNorm (so the official layer) refuses one value per channel, in eval mode too
-            raise ValueError(f"{PYTORCH_BN_ERROR}, got input shape {tuple(inputs.shape)} with groups=1 "
-                             f"(shuffle attention's GroupNorm)")
+        # torch.nn.GroupNorm (so the official layer) refuses one value per channel, in eval mode too
+        check_values_per_channel(math.prod(static) * self.groups if None not in static else None, inputs.shape,
+                                 "shuffle attention's GroupNorm, channels last")
         x = ops.cast(inputs, _compute_dtype(inputs.dtype))
         dtype = x.dtype
         dims = ops.shape(x)  # dynamic N, H, W (tensors under tf.function) are fine here
-        lead, channels = tuple(dims[:3]), int(x.shape[-1])
-        c = channels // (2 * self.groups)
-        view = ops.reshape(x, (*lead, self.groups, 2, c))
-        first, second = view[..., 0, :], view[..., 1, :]  # (N, H, W, groups, c) each
         # sum / count, not ops.mean: Keras's mean computes float64 in float32 on JAX and torch.
         count = ops.cast(dims[1] * dims[2], dtype)
-
-        def param(v):
-            return ops.cast(v, dtype)
-
-        pooled = ops.sum(first, axis=(1, 2), keepdims=True) / count
-        channel = first * ops.sigmoid(param(self.cweight) * pooled + param(self.cbias))
-        centred = second - ops.sum(second, axis=(1, 2), keepdims=True) / count
-        var = ops.sum(ops.square(centred), axis=(1, 2), keepdims=True) / count  # biased, two-pass
-        # epsilon straight into dtype: ops.cast(1e-5, "float64") would round it through float32 first
-        normed = centred * ops.rsqrt(var + ops.convert_to_tensor(self.epsilon, dtype=dtype))
-        normed = normed * param(self.gamma) + param(self.beta)
-        spatial = second * ops.sigmoid(param(self.sweight) * normed + param(self.sbias))
-        y = ops.reshape(ops.stack([channel, spatial], axis=-2), (*lead, channels))
+        params = [ops.cast(v, dtype) for v in (self.cweight, self.cbias, self.sweight, self.sbias, self.gamma,
+                                               self.beta)]
+        y = shuffle_attention.gated_halves(
+            ops, x, tuple(dims[:3]), int(x.shape[-1]), self.groups, params,
+            # epsilon straight into dtype: ops.cast(1e-5, "float64") would round it through float32 first
+            ops.convert_to_tensor(self.epsilon, dtype=dtype),
+            lambda t: ops.sum(t, axis=(1, 2), keepdims=True) / count, ops.sigmoid, ops.rsqrt)
         return ops.cast(channel_shuffle(y, 2, "paper"), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):

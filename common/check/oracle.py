@@ -13,6 +13,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import SpecError
+from ..runtime.checks import check_values_per_channel
 from ..spec import ir
 from ..spec.shuffle import shuffle_permutation
 
@@ -96,9 +97,7 @@ def shuffle_attention(x: np.ndarray, cweight, cbias, sweight, sbias, gn_weight, 
     n, c, h, w = x.shape
     if c % (2 * groups):
         raise SpecError(f"shuffle attention: {c} channels are not divisible by 2 x groups = {2 * groups}")
-    if n * groups * h * w == 1:  # torch.nn.functional.group_norm's check, in eval mode too
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size "
-                         f"[{n * groups}, {c // groups}, {h}, {w}] (shuffle attention's GroupNorm)")
+    check_values_per_channel(n * groups * h * w, x.shape, "shuffle attention's GroupNorm")  # torch's, in eval too
     half = c // (2 * groups)
     sub = x.reshape(n * groups, c // groups, h, w)
     first, second = sub[:, :half], sub[:, half:]

@@ -9,6 +9,18 @@ from ..errors import GroupnetsError
 from ..spec.ir import Linear
 
 
+#: PyTorch's message when a normalisation would see one value per channel (BatchNorm in training mode;
+#: GroupNorm always, eval mode included), which every backend and the oracle raise alike.
+ONE_VALUE_PER_CHANNEL = "Expected more than 1 value per channel when training"
+
+
+def check_values_per_channel(count: int | None, shape: tuple, what: str) -> None:
+    """PyTorch's refusal of a normalisation over ``count`` <= 1 values per channel (``None``: not known
+    yet, e.g. a symbolic batch): ``ValueError`` naming ``shape`` and ``what`` is normalised."""
+    if count is not None and count <= 1:
+        raise ValueError(f"{ONE_VALUE_PER_CHANNEL}, got input of shape {tuple(shape)} ({what})")
+
+
 def check_labels(labels: object, batch: int, classes: int) -> np.ndarray:
     """``labels`` as an int64 ``(batch,)`` array of class indices in ``[0, classes)``, else GroupnetsError."""
     array = np.asarray(labels)
