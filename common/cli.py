@@ -21,6 +21,7 @@ from .errors import GroupnetsError
 from .files.convert import FORMATS, convert, model_of, read_weights, read_weights_without_model
 from .files.inspect import inspect_file
 from .spec.params import count_parameters
+from .spec import megvii
 from .spec.registry import get_spec, list_models
 from .spec.summary import summarize
 from .weights.heads import infer_num_classes
@@ -118,7 +119,8 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     for name in list_models(args.pattern):
-        print(f"{name:<28}{count_parameters(get_spec(name)):>14,} params")
+        note = megvii.DIFFERENCES.get(name)
+        print(f"{name:<30}{count_parameters(get_spec(name)):>14,} params" + (f"  {note}" if note else ""))
     return EXIT_OK
 
 
@@ -134,6 +136,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
           f"{result.model}, {result.num_classes} classes, {result.tensors} tensors, {result.parameters:,} values")
     if result.container and result.container != "a plain state_dict":
         print(f"read {result.container}")
+    if result.note:
+        print(result.note)
     if result.report is not None:
         print(result.report.format_table())
         return EXIT_OK if result.report.ok else EXIT_MISMATCH

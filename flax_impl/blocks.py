@@ -70,7 +70,8 @@ class ShuffleV2Block(Container):
     """torchvision ``InvertedResidual``.
 
     stride 1: ``x1, x2 = split(x)``; ``cat(x1, branch2(x2))``. stride 2: ``cat(branch1(x), branch2(x))``.
-    Then ``channel_shuffle(·, 2)`` in the paper direction.
+    Then ``channel_shuffle(·, 2)`` in the paper direction. Megvii's routing (``routing="even_odd"``) splits
+    even / odd channels instead and does not shuffle the concat (:class:`common.spec.ir.ShuffleV2Block`).
     """
 
     def __init__(self, node: ir.ShuffleV2Block, *, dtype: Any = "float32", rngs: nnx.Rngs) -> None:
@@ -80,12 +81,14 @@ class ShuffleV2Block(Container):
         super().__init__(node, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        even_odd = self.spec.routing == "even_odd"
         if self.spec.stride == 1:
-            x1, x2 = channel_split(x, 2)
+            # Megvii's routing: even channels pass, odd ones enter the branch (the inverse 2-group shuffle)
+            x1, x2 = channel_split(channel_shuffle(x, 2, "inverse") if even_odd else x, 2)
             out = jnp.concatenate([x1, self.branch2(x2)], axis=-1)
         else:
             out = jnp.concatenate([self.branch1(x), self.branch2(x)], axis=-1)
-        return channel_shuffle(out, 2, "paper")
+        return out if even_odd else channel_shuffle(out, 2, "paper")
 
 
 class ShuffleV1Block(Container):

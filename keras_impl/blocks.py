@@ -96,14 +96,21 @@ def chain(wire: Wire, node: ir.Sequential | ir.Stage, x: Handle, path: str) -> H
 
 
 def shuffle_v2_block(wire: Wire, block: ir.ShuffleV2Block, x: Handle, path: str) -> Handle:
-    """torchvision ``InvertedResidual``: split / two branches → concat → shuffle(2, paper)."""
+    """torchvision ``InvertedResidual``: split / two branches → concat → shuffle(2, paper). Megvii's routing
+    (``block.routing == "even_odd"``): the split takes even / odd channels (an inverse-direction 2-group
+    shuffle, then the split) and the concat is not shuffled."""
+    even_odd = block.routing == "even_odd"
     if block.branch1 is None:  # stride 1: half the channels pass through untouched
+        if even_odd:
+            x = wire.call(_new(ChannelShuffle, path, "unshuffle", groups=2, convention="inverse"), x)
         x1, x2 = wire.call(_new(ChannelSplit, path, "split", sections=2), x, outputs=2)
         left, right = x1, apply_node(wire, block.branch2, x2, keras_path(path, "branch2"))
     else:
         left = apply_node(wire, block.branch1, x, keras_path(path, "branch1"))
         right = apply_node(wire, block.branch2, x, keras_path(path, "branch2"))
     out = wire.call(_new(keras.layers.Concatenate, path, "concat", axis=-1), [left, right])
+    if even_odd:
+        return out
     return wire.call(_new(ChannelShuffle, path, "shuffle", groups=2, convention="paper"), out)
 
 

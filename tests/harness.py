@@ -23,6 +23,8 @@ import store
 from common import get_spec, random_input, random_weights
 from common.check.compare import BOUNDS, compare
 from common.check.verify import run_framework
+from common.spec import megvii
+from common.weights.megvii import from_megvii
 
 #: The order ``.ci/test`` runs the Keras backends in (the first is also the main run's).
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
@@ -87,12 +89,58 @@ def _party(name: str) -> str:
 TRAINABLE = "__trainable_parameters__"
 
 
+#: The models Megvii's released checkpoints load into (a standard model or its ``_megvii`` twin) → the
+#: released configuration. Their network tests run on a Megvii checkpoint (tests/fixtures/megvii_shufflenet.py,
+#: converted by groupnets) at 224 x 224, the size the released weights are for, so every pair test of these
+#: models also proves the converted weights; :func:`megvii_reference` holds Megvii's own outputs there.
+MEGVII_MODELS: dict[str, str] = {megvii.target_model(name): name for name in megvii.RELEASED}
+MEGVII_SIZE, MEGVII_BATCH = (224, 224), 1
+
+
+def network_size(model: str) -> tuple[int, int]:
+    """The input size a model's network tests use: 224 x 224 for Megvii's released configurations, else
+    test_networks.SMALL (its docstring says what that size proves; the other models of the same block kinds
+    prove it for these)."""
+    return MEGVII_SIZE if model in MEGVII_MODELS else (64, 49)
+
+
+def network_batch(model: str) -> int:
+    return MEGVII_BATCH if model in MEGVII_MODELS else 2
+
+
+def megvii_checkpoint(standard: str) -> dict[str, np.ndarray]:
+    """Megvii's state_dict (their keys, float64) of a random, BN-calibrated network of configuration
+    ``standard``, once per suite run."""
+    def compute() -> dict[str, np.ndarray]:
+        from fixtures.megvii_shufflenet import megvii_state_dict, random_megvii_model
+        return dict(megvii_state_dict(random_megvii_model(standard)))
+    return store.cached(("megvii-checkpoint", standard), compute)
+
+
+def megvii_reference(standard: str, dtype: str) -> np.ndarray:
+    """Megvii's own model's logits on the network tests' input, computed in ``dtype`` by their module."""
+    def compute() -> dict[str, np.ndarray]:
+        import torch
+        from fixtures.megvii_shufflenet import MegviiShuffleNet, megvii_logits
+        model = MegviiShuffleNet(standard).double()
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in megvii_checkpoint(standard).items()})
+        x = random_input((MEGVII_BATCH, 3, *MEGVII_SIZE), seed=2, dtype="float64")
+        return {"logits": megvii_logits(model.eval(), x, dtype)}
+    return store.cached(("megvii-reference", standard, dtype), compute)["logits"]
+
+
 @functools.lru_cache(maxsize=1)
 def network_weights(model: str, num_classes: int = 1000) -> dict[str, np.ndarray]:
     """The float64 weights every party of ``model`` runs on (seed 1), drawn once for consecutive entries of
     one model: ResNeXt-101 32x8d's take 4.6 s (BatchNorm calibration through the oracle), and a worker
     computed them again for each party and dtype — 86 CPU-s of the main run over all models. One entry
-    (700 MB for ResNeXt-101 in float64): tests go model by model. Read-only: parties copy what they cast."""
+    (700 MB for ResNeXt-101 in float64): tests go model by model. Read-only: parties copy what they cast.
+
+    For :data:`MEGVII_MODELS` (1000 classes): a Megvii checkpoint converted by ``common.weights.megvii``."""
+    if model in MEGVII_MODELS and num_classes == 1000:
+        target, weights = from_megvii(megvii_checkpoint(MEGVII_MODELS[model]), model)
+        assert target == model, f"a Megvii {MEGVII_MODELS[model]} checkpoint loaded into {target}, not {model}"
+        return weights
     return random_weights(get_spec(model, num_classes), seed=1, dtype="float64")
 
 

@@ -15,7 +15,8 @@ import pytest
 from common import count_parameters, get_spec, list_models
 from common.check.compare import BOUNDS, compare
 from conftest import import_backend
-from harness import FULL, TRAINABLE, network_outputs, pair_major, run_pairs
+from harness import (FULL, MEGVII_MODELS, MEGVII_SIZE, TRAINABLE, network_batch, network_outputs, network_size,
+                     pair_major, run_pairs)
 
 DTYPES = ("float32", "float64")
 #: One size for every model, chosen to prove at once what a square even size and an odd size proved
@@ -28,12 +29,14 @@ SMALL = (64, 49)
 #: 224 x 224. The fast tier runs 224 x 224 for one model per family.
 ODD_SIZE = (97, 61)
 SIZES = (SMALL, ODD_SIZE) if FULL else (SMALL,)
-FULL_SIZE_MODELS = tuple(list_models()) if FULL else ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0",
-                                                       "resnext50_32x4d")
+FULL_SIZE_MODELS = tuple(list_models()) if FULL else ("shufflenet_v2_x1_0", "resnext50_32x4d")
+#: Megvii's released configurations run at 224 x 224 on a converted Megvii checkpoint instead of SMALL
+#: (harness.MEGVII_MODELS; test_megvii compares them with Megvii's own model); --full adds SMALL and ODD_SIZE.
+SMALL_SIZE_MODELS = tuple(m for m in list_models() if FULL or m not in MEGVII_MODELS)
 
 
-def _cases(models, size):
-    return [pytest.param(m, d, a, b, size, id=f"{m}-{d}-{a}-{b}-{size[0]}x{size[1]}")
+def _cases(models, size, batch=None):
+    return [pytest.param(m, d, a, b, size, batch or network_batch(m), id=f"{m}-{d}-{a}-{b}-{size[0]}x{size[1]}")
             for (a, b), (m, d) in pair_major(run_pairs(), [(m, d) for m in models for d in DTYPES])]
 
 
@@ -41,8 +44,9 @@ def _taps(outputs: dict) -> dict:
     return {k: v for k, v in outputs.items() if k != TRAINABLE}
 
 
-def _check_pair(model, dtype, a, b, size):
-    out_a, out_b = _taps(network_outputs(a, model, dtype, size)), _taps(network_outputs(b, model, dtype, size))
+def _check_pair(model, dtype, a, b, size, batch):
+    out_a = _taps(network_outputs(a, model, dtype, size, batch=batch))
+    out_b = _taps(network_outputs(b, model, dtype, size, batch=batch))
     assert list(out_a) == list(get_spec(model).stage_names) == list(out_b)
     worst = []
     for tap in out_a:
@@ -53,22 +57,23 @@ def _check_pair(model, dtype, a, b, size):
             f"> {BOUNDS[dtype]:.0e} (max |Δ| {max_abs:.3e}); per tap so far: {worst}")
 
 
-@pytest.mark.parametrize("model,dtype,a,b,size",
-                         [case for size in SIZES for case in _cases(list_models(), size)])
-def test_network_pair(model, dtype, a, b, size):
-    _check_pair(model, dtype, a, b, size)
+@pytest.mark.parametrize("model,dtype,a,b,size,batch",
+                         [case for size in SIZES for case in _cases(SMALL_SIZE_MODELS, size, 2)]
+                         + _cases(list(MEGVII_MODELS), MEGVII_SIZE))
+def test_network_pair(model, dtype, a, b, size, batch):
+    _check_pair(model, dtype, a, b, size, batch)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model,dtype,a,b,size", _cases(FULL_SIZE_MODELS, (224, 224)))
-def test_network_pair_full_size(model, dtype, a, b, size):
-    _check_pair(model, dtype, a, b, size)
+@pytest.mark.parametrize("model,dtype,a,b,size,batch", _cases(FULL_SIZE_MODELS, (224, 224), 2))
+def test_network_pair_full_size(model, dtype, a, b, size, batch):
+    _check_pair(model, dtype, a, b, size, batch)
 
 
 @pytest.mark.parametrize("model", list_models())
 def test_parameter_count_matches_spec(framework, model):
     """What each framework itself reports as trainable, counted on the model the network test built."""
-    counted = network_outputs(framework, model, "float32", SMALL)[TRAINABLE]
+    counted = network_outputs(framework, model, "float32", network_size(model), batch=network_batch(model))[TRAINABLE]
     assert int(counted) == count_parameters(get_spec(model))
 
 
@@ -87,8 +92,10 @@ def test_output_shapes_follow_the_spec(framework):
 def test_float64_models_compute_in_float64(framework):
     """A float64 result must carry float64 precision, not float32 hiding behind a float64 dtype (read from
     the whole-network entries, so it costs no second compile)."""
-    f64 = network_outputs(framework, "shufflenet_v2_x0_5", "float64", SMALL)["logits"]
-    oracle = network_outputs("numpy", "shufflenet_v2_x0_5", "float64", SMALL)["logits"]
+    model = "shufflenet_v2_x0_5"
+    size, batch = network_size(model), network_batch(model)
+    f64 = network_outputs(framework, model, "float64", size, batch=batch)["logits"]
+    oracle = network_outputs("numpy", model, "float64", size, batch=batch)["logits"]
     assert f64.dtype == np.float64 and compare(f64, oracle)[1] <= 1e-12
 
 

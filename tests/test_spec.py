@@ -36,7 +36,7 @@ PAPER_TABLE1 = {1: (144, 143), 2: (200, 140), 3: (240, 137), 4: (272, 133), 8: (
 
 def test_registry_lists_every_variant():
     names = list_models()
-    assert len(names) == 4 + 3 + 5 * 4 + 3 and names == sorted(names)
+    assert len(names) == 4 + 3 + 5 * 4 + 3 + 6 and names == sorted(names)  # + Megvii's own architectures
     assert {f"shufflenet_v1_g{g}_x{w}" for g in (1, 2, 3, 4, 8) for w in ("0_5", "1_0", "1_5", "2_0")} <= set(names)
     assert set(TORCHVISION) <= set(names) and set(SA_NET) <= set(names)
 
@@ -106,11 +106,13 @@ def test_shufflenet_v1_paper_table1(groups):
 def test_shufflenet_v1_unit_structure(name):
     spec = get_spec(name)
     groups = int(name.split("_g")[1].split("_")[0])
+    megvii = name.endswith("_megvii")  # Megvii's order: depthwise + BN, then the inverse-direction shuffle
     for stage in spec.stages:
         for i, block in enumerate(stage.blocks):
-            first, _, _, shuffle, dw, _, last, _ = block.branch.layers
+            layers = block.branch.layers
+            first, _, _, shuffle, dw, _, last, _ = layers[:3] + layers[5:6] + layers[3:5] + layers[6:] if megvii else layers
             assert first.groups == (1 if (stage.name, i) == ("stage2", 0) else groups)
-            assert shuffle.groups == groups and shuffle.convention == "paper"
+            assert shuffle.groups == groups and shuffle.convention == ("inverse" if megvii else "paper")
             assert dw.is_depthwise and dw.out_channels == block.out_channels // 4
             assert last.groups == groups
             expected = block.out_channels - block.in_channels if block.stride == 2 else block.out_channels

@@ -21,15 +21,21 @@ NamedModules = Iterable[tuple[str, nn.Module]]
 
 class ShuffleV2Block(nn.Module):
     """torchvision ``InvertedResidual``: split (stride 1) or duplicate (stride 2), two branches, concat,
-    shuffle with 2 groups."""
+    shuffle with 2 groups. With Megvii's routing (``node.routing == "even_odd"``): even channels pass,
+    odd ones enter the branch, and the concat is not shuffled."""
 
     def __init__(self, node: ir.ShuffleV2Block, children: NamedModules) -> None:
         super().__init__()
         self.stride = node.stride
+        self.even_odd = node.routing == "even_odd"
         for name, module in children:
             self.add_module(name, module)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.even_odd:
+            if self.stride == 1:  # = channel_split(channel_shuffle(x, 2, "inverse"), 2), as strided views
+                return torch.cat((x[:, 0::2], self.branch2(x[:, 1::2])), dim=1)
+            return torch.cat((self.branch1(x), self.branch2(x)), dim=1)
         if self.stride == 1:
             x1, x2 = channel_split(x, 2)
             return concat_shuffle(x1, self.branch2(x2))  # = channel_shuffle(cat(...), 2, "paper")

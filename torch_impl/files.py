@@ -38,7 +38,7 @@ from common.spec.ir import NetworkSpec
 from common.spec.params import canonical_params
 from common.weights.porting import check_weights
 
-TORCH_FORMATS = ("torch",)
+TORCH_FORMATS = ("torch", "megvii")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema")
 STRIPPED_PREFIXES = ("module.", "model.", "_orig_mod.")
 METADATA_KEY = "groupnets_metadata"
@@ -46,8 +46,8 @@ METADATA_KEY = "groupnets_metadata"
 
 def _check_format(fmt: str) -> None:
     if fmt not in TORCH_FORMATS:
-        raise WeightsFileError(f"torch_impl reads and writes only the 'torch' format (.pth, .pt, .pth.tar, "
-                               f".tar, .bin, .ckpt), not {fmt!r}")
+        raise WeightsFileError(f"torch_impl reads and writes only the 'torch' (.pth, .pt, .pth.tar, .tar, .bin, "
+                               f".ckpt) and 'megvii' (Megvii's .pth.tar layout) formats, not {fmt!r}")
 
 
 def _looks_like_safetensors(source: Path) -> bool:
@@ -207,7 +207,8 @@ def _to_tensor(array: object, integer: bool) -> torch.Tensor:
 
 def write_file(path: str | os.PathLike, weights: Mapping[str, np.ndarray], spec: NetworkSpec | None, fmt: str,
                metadata: Mapping[str, str] | None = None) -> None:
-    """Write canonical ``weights`` to exactly ``path`` as a plain, torchvision-style ``state_dict``.
+    """Write canonical ``weights`` to exactly ``path`` as a plain, torchvision-style ``state_dict``
+    (``fmt="megvii"``: weights already in Megvii's keys, wrapped as ``{'state_dict': module.*}``).
 
     Keys are in ``state_dict`` order (``spec``'s, after a strict :func:`common.check_weights`), floats
     keep their dtype, ``num_batches_tracked`` is int64. ``metadata`` is accepted for the common
@@ -223,6 +224,8 @@ def write_file(path: str | os.PathLike, weights: Mapping[str, np.ndarray], spec:
         keys = list(weights)
         integer = {key: np.asarray(weights[key]).dtype.kind in "iu" for key in keys}
     state = OrderedDict((key, _to_tensor(weights[key], integer[key])) for key in keys)
+    if fmt == "megvii":  # what Megvii's training script saves: a DataParallel model's state_dict, wrapped
+        state = {"state_dict": OrderedDict((f"module.{key}", value) for key, value in state.items())}
     try:
         torch.save(state, Path(path))
     except (OSError, RuntimeError) as error:

@@ -199,12 +199,13 @@ def _(node: ir.Sequential | ir.Stage, x: np.ndarray, scope: _Scope) -> np.ndarra
 @_apply.register
 def _(node: ir.ShuffleV2Block, x: np.ndarray, scope: _Scope) -> np.ndarray:
     if node.stride == 1:
-        left, right = channel_split(x, 2)
+        # Megvii's even/odd split is the inverse-direction 2-group shuffle followed by the plain split
+        left, right = channel_split(x if node.routing == "chunk" else channel_shuffle(x, 2, "inverse"), 2)
         out = np.concatenate([left, _apply(node.branch2, right, scope.child("branch2"))], axis=1)
     else:
         out = np.concatenate([_apply(node.branch1, x, scope.child("branch1")),
                               _apply(node.branch2, x, scope.child("branch2"))], axis=1)
-    return channel_shuffle(out, 2)
+    return channel_shuffle(out, 2) if node.routing == "chunk" else out
 
 
 @_apply.register

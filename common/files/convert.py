@@ -7,6 +7,12 @@
 | ``keras-weights`` | ``.weights.h5`` | ``keras_impl`` — ``model.save_weights`` / ``load_weights`` |
 | ``keras`` | ``.keras`` | ``keras_impl`` — whole model, loaded with ``safe_mode=True`` |
 | ``flax`` | ``.msgpack`` | ``flax_impl`` — ``flax.serialization`` msgpack of the NNX state + metadata |
+| ``megvii`` | (``--to megvii``; read by its keys) | ``torch_impl`` — Megvii ShuffleNet-Series ``{'state_dict': module.*}``, :mod:`common.weights.megvii` |
+
+A PyTorch file with Megvii's keys is recognised by them and mapped (key renames, channel permutations) into
+the model that holds Megvii's network: the standard one, or ``<standard>_megvii`` where Megvii's routing is
+not the standard model's (``convert shufflenet_v2_x1_0 megvii.pth.tar ...`` then writes
+``shufflenet_v2_x1_0_megvii`` and says so; the output's metadata names it).
 
 Every path goes through canonical weights, so there is one porting table and N readers + N writers
 instead of N² converters. Outputs are written atomically; inputs are never unpickled. An existing file
@@ -31,6 +37,8 @@ from ..spec.registry import get_spec, list_models
 from ..weights.files import atomic_output, check_destination, check_readable_file, load_weights, save_weights
 from ..weights.fingerprint import fingerprint
 from ..weights.heads import infer_num_classes
+from ..weights.megvii import from_megvii, is_megvii_layout, to_megvii
+from ..spec import megvii
 from ..weights.porting import check_weights
 from .sniff import KINDS, sniff
 
@@ -41,6 +49,7 @@ FORMATS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "keras-weights": ("keras", (".weights.h5",)),
     "keras": ("keras", (".keras",)),
     "flax": ("flax", (".msgpack",)),
+    "megvii": ("torch", ()),  # no extension of its own: --to megvii (a .pth.tar, as Megvii names them)
 }
 
 
@@ -105,6 +114,15 @@ def read_weights_file(path: str | Path, fmt: str | None = None, model: str | Net
             raise WeightsFileError(f"{source}: state_dict_key picks an entry of a PyTorch checkpoint; this is "
                                    f"a {fmt} file")
         weights, metadata = backend.read_file(source, fmt, spec, **options)
+    if FORMATS[fmt][0] == "torch" and is_megvii_layout(weights):
+        target, weights = from_megvii(weights, None if spec is None else spec.name, str(source))
+        metadata.update(model=target, layout="megvii")
+        how = ("keys renamed (Megvii's own architecture)" if target.endswith(megvii.SUFFIX)
+               else "keys renamed, channels permuted")
+        metadata["container"] = (metadata.get("container", "") + f"; Megvii ShuffleNet-Series layout: {how} into "
+                                 f"{target}").lstrip("; ")
+    elif fmt == "megvii":
+        raise WeightsFileError(f"{source}: does not have Megvii ShuffleNet-Series keys (first_conv.*, features.*)")
     recorded = metadata.get("model")
     order_spec = spec if spec is not None else (get_spec(recorded) if recorded in list_models() else None)
     if order_spec is not None:  # state_dict order (safetensors stores keys sorted); unknown keys last
@@ -150,6 +168,8 @@ def write_weights(path: str | Path, weights: Mapping[str, np.ndarray], spec: Net
     check_weights(spec, weights, strict=True)
     metadata = {"model": spec.name, "num_classes": str(spec.num_classes)}
     backend = _backend(fmt)
+    if fmt == "megvii":  # Megvii's keys and channel order; the torch writer wraps them as Megvii saves them
+        weights, spec = to_megvii(weights, spec.name), None
     if backend is None:
         return save_weights(path, weights, metadata, overwrite=overwrite)
     with atomic_output(path, overwrite) as tmp:
@@ -173,6 +193,7 @@ class ConvertResult:
     parameters: int
     report: object | None = None  # a VerifyReport with --verify
     container: str | None = None  # what was unwrapped from a PyTorch checkpoint
+    note: str | None = None  # the model written is not the one asked for, and why (Megvii's own architectures)
 
 
 def convert(model: str | NetworkSpec | None, source: str | Path, destination: str | Path, *,
@@ -196,12 +217,17 @@ def convert(model: str | NetworkSpec | None, source: str | Path, destination: st
         raise WeightsFileError(f"{destination}: source and destination are the same file")
     if model is None:
         weights, metadata = read_weights_without_model(source, src_fmt, state_dict_key=state_dict_key)
-        model = model_of(source, weights)
+        model = metadata["model"] if metadata.get("layout") == "megvii" else model_of(source, weights)
     else:
         weights, metadata = read_weights_file(source, src_fmt, get_spec(model), state_dict_key=state_dict_key)
     name = model.name if isinstance(model, NetworkSpec) else model
     recorded = metadata.get("model")
-    if recorded and recorded != name:
+    note = None
+    if recorded and recorded != name and metadata.get("layout") == "megvii":
+        note = (f"Megvii's {name} is an architecture of its own ({megvii.DIFFERENCES[recorded]}): "
+                f"written as {recorded}")
+        model = name = recorded
+    elif recorded and recorded != name:
         raise WeightsFileError(f"{source}: holds weights for {recorded!r}, not {name!r}")
     classes = num_classes if num_classes is not None else (infer_num_classes(weights) or get_spec(model).num_classes)
     spec = get_spec(model, classes)
@@ -219,7 +245,7 @@ def convert(model: str | NetworkSpec | None, source: str | Path, destination: st
     write_weights(destination, weights, spec, dst_fmt, overwrite=overwrite)
     result = ConvertResult(Path(source), destination, src_fmt, dst_fmt, spec.name, classes, len(weights),
                            sum(int(np.size(v)) for k, v in weights.items() if not k.endswith("num_batches_tracked")),
-                           container=metadata.get("container"))
+                           container=metadata.get("container"), note=note)
     if verify:
         written, _ = read_weights(destination, dst_fmt, spec)
         changed = [k for k in weights if k not in written or not np.array_equal(written[k], weights[k])]

@@ -46,7 +46,9 @@ class FileReport:
         lines = [f"{self.path}: {self.content} (format {self.format!r})"]
         if self.container:
             lines.append(f"  container: {self.container}")
-        if self.matches:
+        if self.matches and self.metadata.get("layout") == "megvii":
+            lines += [f"  holds: Megvii's checkpoint of {f.model} ({f.num_classes} classes)" for f in self.matches]
+        elif self.matches:
             lines += [f"  holds: {f.describe()}" for f in self.matches]
         elif self.closest is not None:
             c = self.closest

@@ -20,6 +20,8 @@ from typing import Literal, Union
 from ..errors import SpecError
 
 ShuffleConvention = Literal["paper", "inverse"]
+#: How a ShuffleNet V2 unit routes channels: see :class:`ShuffleV2Block`.
+V2Routing = Literal["chunk", "even_odd"]
 ParamRole = Literal["weight", "bias", "running_mean", "running_var", "num_batches_tracked",
                     "cweight", "cbias", "sweight", "sbias", "gn.weight", "gn.bias"]
 #: one canonical tensor of a leaf: its role (the key's last part), canonical shape, and whether it is trained
@@ -291,10 +293,17 @@ def _last_norm(branch: Sequential) -> int:
 
 @dataclass(frozen=True)
 class ShuffleV2Block(_InChannels):
-    """torchvision ``InvertedResidual``.
+    """A ShuffleNet V2 unit, with the channel routing of either reference.
 
-    stride 1: ``x1, x2 = chunk(x, 2)``; ``out = cat(x1, branch2(x2))``.
-    stride 2: ``out = cat(branch1(x), branch2(x))``. Then ``channel_shuffle(out, 2)`` (paper direction).
+    ``routing="chunk"`` (torchvision ``InvertedResidual``, the paper): stride 1 ``x1, x2 = chunk(x, 2)``,
+    ``out = cat(x1, branch2(x2))``; stride 2 ``out = cat(branch1(x), branch2(x))``; then
+    ``channel_shuffle(out, 2)`` (paper direction).
+
+    ``routing="even_odd"`` (Megvii's ShuffleNet-Series code): the shuffle is fused into the *next* unit's
+    split — stride 1 passes the even channels through and feeds the odd ones to ``branch2``
+    (= ``chunk(channel_shuffle(x, 2, "inverse"), 2)``), ``out = cat(x_even, branch2(x_odd))``; stride 2
+    ``out = cat(branch1(x), branch2(x))``; no shuffle after the concat. The two branches of a strided unit
+    may then differ in width (Megvii keeps ``in_channels`` in ``branch1``).
     """
 
     in_channels: int
@@ -302,6 +311,11 @@ class ShuffleV2Block(_InChannels):
     stride: int
     branch1: Sequential | None
     branch2: Sequential
+    routing: V2Routing = "chunk"
+
+    def __post_init__(self) -> None:
+        if self.routing not in ("chunk", "even_odd"):
+            raise SpecError(f"ShuffleV2Block routing must be 'chunk' or 'even_odd', got {self.routing!r}")
 
     def children(self) -> Layers:
         named: list[tuple[str, Node]] = []
@@ -327,8 +341,9 @@ class ShuffleV2Block(_InChannels):
 class ShuffleV1Block(_InChannels):
     """ShuffleNet V1 unit (paper Fig. 2b/2c).
 
-    ``branch`` = 1x1 gconv, BN, ReLU, shuffle, 3x3 depthwise (stride), BN, 1x1 gconv, BN.
-    stride 1: ``relu(x + branch(x))``. stride 2: ``relu(cat(shortcut(x), branch(x)))`` with ``shortcut`` a
+    ``branch`` = 1x1 gconv, BN, ReLU, shuffle, 3x3 depthwise (stride), BN, 1x1 gconv, BN (the paper's
+    order; Megvii's code shuffles after the depthwise BN, in the inverse direction — any order of the
+    branch's layers is run as given). stride 1: ``relu(x + branch(x))``. stride 2: ``relu(cat(shortcut(x), branch(x)))`` with ``shortcut`` a
     3x3/2 average pool (shortcut first, as Megvii's reference code concatenates).
     """
 

@@ -6,11 +6,11 @@ import difflib
 from collections.abc import Callable
 
 from ..errors import SpecError, UnknownModelError
-from . import resnext, sa_resnet, shufflenet_v1, shufflenet_v2
+from . import megvii, resnext, sa_resnet, shufflenet_v1, shufflenet_v2
 from .ir import NetworkSpec
 
 _BUILDERS: dict[str, Callable[[int], NetworkSpec]] = {}
-for _module in (shufflenet_v1, shufflenet_v2, resnext, sa_resnet):
+for _module in (shufflenet_v1, shufflenet_v2, resnext, sa_resnet, megvii):
     for _name, _config in _module.VARIANTS.items():
         _BUILDERS[_name] = (lambda n, c, m: lambda num_classes: m.build(n, c, num_classes))(_name, _config, _module)
 

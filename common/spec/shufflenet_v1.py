@@ -16,12 +16,17 @@ Width rule, for a width multiplier ``s``:
   * stem channels = 12 / 24 / 24 / 48 for 0.5x / 1.0x / 1.5x / 2.0x, rounded up to a multiple of ``g``
     (so the first unit's concat branch, stage2 − stem, divides by ``g``).
   This reproduces every Megvii table for g=3 and g=8 exactly (e.g. g=8 0.5x: stem 16, 192/384/768).
+
+``order="megvii"`` builds the unit as Megvii's official code does (:mod:`common.spec.megvii`): the shuffle,
+in the inverse direction, after the depthwise conv's BN — ``branch.{0..7}`` = gconv, BN, ReLU, depthwise,
+BN, shuffle, gconv, BN.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from ..errors import SpecError
 from .build_helpers import conv_bn, round_half_up, sequential
@@ -38,9 +43,12 @@ class ShuffleNetV1Config:
     stage_channels: tuple[int, int, int] = (240, 480, 960)  # stage2..stage4 outputs
     stem_channels: int = 24
     stages_repeats: tuple[int, int, int] = (4, 8, 4)
+    order: Literal["paper", "megvii"] = "paper"  # where the shuffle sits in the unit (module docstring)
 
     def __post_init__(self) -> None:
         g = self.groups
+        if self.order not in ("paper", "megvii"):
+            raise SpecError(f"ShuffleNet V1 order must be 'paper' or 'megvii', got {self.order!r}")
         if g < 1:
             raise SpecError(f"groups must be >= 1, got {g}")
         for idx, ch in enumerate(self.stage_channels, start=2):
@@ -68,15 +76,21 @@ VARIANTS: dict[str, ShuffleNetV1Config] = {
 }
 
 
-def _unit(path: str, in_ch: int, out_ch: int, stride: int, groups: int, first_groups: int) -> ShuffleV1Block:
+def _unit(path: str, in_ch: int, out_ch: int, stride: int, groups: int, first_groups: int,
+          order: str = "paper") -> ShuffleV1Block:
     mid = out_ch // 4
     branch_out = out_ch - in_ch if stride == 2 else out_ch
     if stride == 1 and in_ch != out_ch:
         raise SpecError(f"layer {path!r}: a stride-1 unit needs in == out channels, got {in_ch}->{out_ch}")
+    pointwise = conv_bn(f"{path}.branch.0", in_ch, mid, 1, groups=first_groups)
+    if order == "paper":
+        depthwise = conv_bn(f"{path}.branch.4", mid, mid, 3, stride, groups=mid, relu=False)
+        middle = (ChannelShuffle(groups), *depthwise)
+    else:  # Megvii: depthwise conv + BN first, then the inverse-direction shuffle
+        depthwise = conv_bn(f"{path}.branch.3", mid, mid, 3, stride, groups=mid, relu=False)
+        middle = (*depthwise, ChannelShuffle(groups, "inverse"))
     branch = sequential(
-        *conv_bn(f"{path}.branch.0", in_ch, mid, 1, groups=first_groups),
-        ChannelShuffle(groups),
-        *conv_bn(f"{path}.branch.4", mid, mid, 3, stride, groups=mid, relu=False),
+        *pointwise, *middle,
         *conv_bn(f"{path}.branch.6", mid, branch_out, 1, groups=groups, relu=False),
     )
     shortcut = AvgPool2d(3, 2, 1) if stride == 2 else None
@@ -89,8 +103,8 @@ def build(name: str, config: ShuffleNetV1Config, num_classes: int = 1000) -> Net
     in_ch = config.stem_channels
     for idx, (repeats, out_ch) in enumerate(zip(config.stages_repeats, config.stage_channels), start=2):
         first_groups = 1 if idx == 2 else g
-        blocks = [_unit(f"stage{idx}.0", in_ch, out_ch, 2, g, first_groups)]
-        blocks += [_unit(f"stage{idx}.{i}", out_ch, out_ch, 1, g, g) for i in range(1, repeats)]
+        blocks = [_unit(f"stage{idx}.0", in_ch, out_ch, 2, g, first_groups, config.order)]
+        blocks += [_unit(f"stage{idx}.{i}", out_ch, out_ch, 1, g, g, config.order) for i in range(1, repeats)]
         stages.append(Stage(f"stage{idx}", tuple(blocks)))
         in_ch = out_ch
     return NetworkSpec(
