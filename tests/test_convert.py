@@ -20,17 +20,22 @@ from common.files.convert import FORMATS, convert, read_weights, write_weights
 from common.weights.porting import without_head
 from conftest import import_backend
 
-MODEL = "shufflenet_v2_x0_5"
+MODEL = "shufflenet_v2_x0_5"  # also a Megvii configuration: the "megvii" format takes part everywhere
 EXTENSION = {"canonical": ".safetensors", "torch": ".pth", "keras-weights": ".weights.h5", "keras": ".keras",
-             "flax": ".msgpack"}
+             "flax": ".msgpack", "megvii": ".pth.tar"}
 GROUPNETS = str(Path(sys.executable).with_name("groupnets"))
 
 
-def _source(tmp_path: Path, fmt: str, model: str = MODEL, num_classes: int = 1000, seed: int = 0) -> tuple[Path, dict]:
+def _source(tmp_path: Path, fmt: str, model: str = MODEL, num_classes: int = 1000, seed: int = 0,
+            megvii: bool = False) -> tuple[Path, dict]:
+    """A file of random weights in ``fmt``; ``megvii`` (or a Megvii file): ``fc.bias`` = 0, as Megvii's
+    classifier has none."""
     spec = get_spec(model, num_classes)
     weights = random_weights(spec, seed, "float32", calibrate=False)
+    if megvii or fmt == "megvii":
+        weights["fc.bias"][:] = 0
     path = tmp_path / f"source{EXTENSION[fmt]}"
-    write_weights(path, weights, spec)
+    write_weights(path, weights, spec, fmt)
     return path, weights
 
 
@@ -43,9 +48,9 @@ DIRECTIONS = list(itertools.permutations(FORMATS, 2))
 
 @pytest.mark.parametrize("src,dst", DIRECTIONS, ids=[f"{a}->{b}" for a, b in DIRECTIONS])
 def test_every_direction_is_lossless(tmp_path, src, dst):
-    source, weights = _source(tmp_path, src)
+    source, weights = _source(tmp_path, src, megvii=dst == "megvii")
     out = tmp_path / f"out{EXTENSION[dst]}"
-    result = convert(MODEL, source, out)
+    result = convert(MODEL, source, out, destination_format="megvii" if dst == "megvii" else None)
     assert result.destination_format == dst and result.num_classes == 1000
     assert _same(read_weights(out, model=MODEL)[0], weights)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([source.name, out.name])  # no temp files

@@ -206,14 +206,14 @@ def correspondence(source: ir.NetworkSpec, target: ir.NetworkSpec) -> Correspond
     source_of: dict[Label, Label] = {}  # target label -> source label
     if src.pinned - set(to_target) != tgt.pinned - set(to_target.values()):  # adds where the other has none
         return None
-    made = {label[0] for label in src.group}  # every producer of labels: convs, fc, adds, the input
-    producers = [(p, to_target.get(p, p)) for p in sorted(made)]
-    for s_prod, t_prod in producers:
+    src_labels, tgt_labels = _by_producer(src), _by_producer(tgt)  # convs, fc, adds, the input
+    for s_prod in sorted(src_labels):
+        t_prod = to_target.get(s_prod, s_prod)
         by_sig: dict[tuple, list[int]] = defaultdict(list)
-        for label in _labels_of(src, s_prod):
+        for label in src_labels[s_prod]:
             by_sig[signature(src, label, to_target)].append(label[1])
         wanted: dict[tuple, list[int]] = defaultdict(list)
-        for label in _labels_of(tgt, t_prod):
+        for label in tgt_labels.get(t_prod, ()):
             wanted[signature(tgt, label, {})].append(label[1])
         if {k: len(v) for k, v in by_sig.items()} != {k: len(v) for k, v in wanted.items()}:
             return None
@@ -236,8 +236,12 @@ def correspondence(source: ir.NetworkSpec, target: ir.NetworkSpec) -> Correspond
     return Correspondence(source.name, target.name, tuple(maps))
 
 
-def _labels_of(trace: _Trace, producer: str) -> list[Label]:
-    return sorted((label for label in trace.group if label[0] == producer), key=lambda label: label[1])
+def _by_producer(trace: _Trace) -> dict[str, list[Label]]:
+    """Every producer's labels, in index order (labels are created in order)."""
+    out: dict[str, list[Label]] = defaultdict(list)
+    for label in trace.group:
+        out[label[0]].append(label)
+    return out
 
 
 # ---------------------------------------------------------------------------------------- applying
