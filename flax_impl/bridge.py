@@ -1,4 +1,11 @@
-"""NumPy in, NumPy out: the eval-mode forward ``common.check.verify`` and the CLI call."""
+"""NumPy in, NumPy out: the eval-mode forward ``common.check.verify`` and the CLI call.
+
+A network runs piece by piece — each stem layer, block, head layer and the classifier through one cached
+``nnx.jit`` — rather than as one program: the blocks a stage repeats are the same pytree structure, so they
+share one compiled executable. First-call time at 64 × 49, float32: ResNeXt-101 32x8d 23.9 → 7.5 s,
+ShuffleNet V2 x1.0 2.9 → 2.1 s (same logits to the printed digit; 2026-12-04). The recommended fast path,
+one program with constant weights, is :func:`flax_impl.optimize_for_inference`.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +30,10 @@ def _forward(model: nnx.Module, x: jax.Array, taps: bool) -> Any:
 #: graph-mode split costs ~0.1-0.5 s per call). Its static attributes (spec, eval/train flags) are in the
 #: tree structure, so each (architecture, mode, input shape/dtype, taps) compiles once and is then cached.
 _jitted_forward = nnx.jit(_forward, static_argnames="taps", graph=False)
+
+
+def _jitted_call(module: nnx.Module, x: jax.Array) -> jax.Array:
+    return _jitted_forward(module, x, taps=False)
 
 
 def _modes(model: nnx.Module) -> list[tuple[nnx.Module, Any]]:
@@ -52,7 +63,10 @@ def forward_numpy(model: nnx.Module, x: np.ndarray, taps: bool = False) -> dict[
     try:
         for module, _ in saved:  # = model.eval(), without a second traversal
             module.use_running_average = True
-        out = _jitted_forward(model, x, taps=bool(taps) and is_network)
+        if is_network:  # piece by piece: a stage's repeated blocks compile once (module docstring)
+            out = model(x, taps=bool(taps), apply=_jitted_call)
+        else:
+            out = _jitted_forward(model, x, taps=False)
     finally:
         for module, flag in saved:
             module.use_running_average = flag

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -35,24 +35,31 @@ class Network(Container):
         # Set by flax_impl.freeze_backbone: only ``fc`` trains (see flax_impl.transfer.trainable_filter)
         self.backbone_frozen = False
 
-    def __call__(self, x: jax.Array, taps: bool = False) -> jax.Array | dict[str, jax.Array]:
+    def __call__(self, x: jax.Array, taps: bool = False, *,
+                 apply: Callable[[nnx.Module, jax.Array], jax.Array] | None = None
+                 ) -> jax.Array | dict[str, jax.Array]:
+        """Logits, or every tap with ``taps=True``. ``apply(module, x)`` (default ``module(x)``) runs each
+        stem layer, each block of each stage, each head layer and ``fc``: ``flax_impl.bridge`` passes a
+        jitted call, so a stage's identical blocks share one compiled executable."""
         spec = self.spec
         if x.ndim != 4 or x.shape[-1] != spec.in_channels:
             raise ValueError(f"{spec.name} expects NHWC input with {spec.in_channels} channels, "
                              f"got shape {tuple(x.shape)}")
+        apply = apply if apply is not None else (lambda module, h: module(h))
         x = jnp.asarray(x, self.dtype)
         out: dict[str, jax.Array] = {}
         for name in self.stem_names:
-            x = getattr(self, name)(x)
+            x = apply(getattr(self, name), x)
         out["stem"] = x
         for name in self.stage_names:
-            x = getattr(self, name)(x)
+            for _, block in getattr(self, name).named_children():
+                x = apply(block, x)
             out[name] = x
         for name in self.head_names:
-            x = getattr(self, name)(x)
+            x = apply(getattr(self, name), x)
         x = jnp.mean(x, axis=(1, 2))  # global average pool over H, W
         out["pre_logits"] = x
-        out["logits"] = self.fc(x)
+        out["logits"] = apply(self.fc, x)
         return out if taps else out["logits"]
 
     def features(self, x: jax.Array) -> dict[str, jax.Array]:
