@@ -31,6 +31,7 @@ import numpy as np
 from ..check.backends import load_backend
 from ..check.verify import verify as run_verify
 from ..errors import GroupnetsError, WeightsFileError, WeightsMismatchError
+from ..spec import megvii
 from ..spec.ir import NetworkSpec
 from ..spec.params import canonical_params
 from ..spec.registry import get_spec, list_models
@@ -38,7 +39,6 @@ from ..weights.files import atomic_output, check_destination, check_readable_fil
 from ..weights.fingerprint import fingerprint
 from ..weights.heads import infer_num_classes
 from ..weights.megvii import from_megvii, is_megvii_layout, to_megvii
-from ..spec import megvii
 from ..weights.porting import check_weights
 from .sniff import KINDS, sniff
 

@@ -37,7 +37,7 @@ RELEASED: tuple[str, ...] = (
 
 #: Megvii's architectures that no channel permutation maps onto the standard model, with how they differ
 #: (``groupnets list``). Which ones these are is derived by :func:`correspondence`; tests/test_megvii.py
-#: checks this table against it (deriving all twelve takes ~4 s, too long for every import).
+#: checks this table against it (deriving all twelve takes ~2 s, too long for every import).
 DIFFERENCES: dict[str, str] = {
     **{f"shufflenet_v1_g8_{tag}{SUFFIX}": "Megvii's V1: shuffle after the depthwise BN, inverse direction "
                                           "(8 groups: no within-group permutation matches it)"
