@@ -6,6 +6,7 @@ other than the ones traced with."""
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 
 import numpy as np
 import onnxruntime as ort  # a CI requirement: missing means a loud collection error, never a skip
@@ -24,10 +25,41 @@ from harness import FULL, TRAIN_MODELS, network_outputs, network_weights, train_
 #: ``test_family_models_take_every_conv_path``; SA-ResNet-50 brings the ungrouped 3x3 bottleneck convs, and
 #: Shuffle Attention to every inference path), and both ShuffleNet V2 routings (torchvision's chunk +
 #: shuffle at x0.5, Megvii's even/odd split at x1.0: a block-level path of its own in every backend).
-#: Megvii's V1 unit order is a reordering of the same leaf layers (no new path; 36 worker-s here when it
-#: ran), so ``--full`` adds it with V1 g8 0.5x; every model of every family runs in ``test_networks``.
-FAMILY_MODELS = ("shufflenet_v2_x0_5", "shufflenet_v2_x1_0_megvii", "shufflenet_v1_g3_x1_0", "resnext50_32x4d",
-                 "sa_resnet50") + (("shufflenet_v1_g8_x0_5", "shufflenet_v1_g8_x1_0_megvii") if FULL else ())
+#: The two ResNets run two bottlenecks per stage (``*_d2``: the first and one repeat — every conv shape
+#: of the registered 50-layer model, half the graph to compile: XLA took 16.8 s for ResNeXt-50's Keras
+#: inference function alone). Megvii's V1 unit order is a reordering of the same leaf layers (no new path;
+#: 36 worker-s here when it ran). ``--full`` adds it, V1 g8 0.5x and the registered 50-layer ResNets;
+#: every model of every family runs in ``test_networks``.
+SHALLOW = {"resnext50_d2": "resnext50_32x4d", "sa_resnet50_d2": "sa_resnet50"}
+FAMILY_MODELS = ("shufflenet_v2_x0_5", "shufflenet_v2_x1_0_megvii", "shufflenet_v1_g3_x1_0", *SHALLOW) + (
+    ("shufflenet_v1_g8_x0_5", "shufflenet_v1_g8_x1_0_megvii", *SHALLOW.values()) if FULL else ())
+
+
+def family_spec(model: str, num_classes: int | None = None):
+    """A :data:`FAMILY_MODELS` name's spec: registered, or a :data:`SHALLOW` cut of a registered ResNet."""
+    if model not in SHALLOW:
+        return get_spec(model, num_classes)
+    from common.spec import resnext, sa_resnet
+    module = sa_resnet if SHALLOW[model] in sa_resnet.VARIANTS else resnext
+    config = replace(module.VARIANTS[SHALLOW[model]], layers=(2, 2, 2, 2))
+    return resnext.build(model, config, 1000 if num_classes is None else num_classes)
+
+
+def family_weights(model: str) -> dict[str, np.ndarray]:
+    """The network tests' weights of a registered model; seed-1 random weights of a shallow one."""
+    if model not in SHALLOW:
+        return network_weights(model)
+    return store.cached(("family-weights", model), lambda: random_weights(family_spec(model), seed=1, dtype="float64"))
+
+
+def family_oracle(model: str, size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Every tap of the float64 oracle on :func:`family_weights` at ``size`` (batch 2, the shared input)."""
+    if model not in SHALLOW:
+        return network_outputs("numpy", model, "float64", size)
+    return store.cached(("family-oracle", model, tuple(size)),
+                        lambda: forward(family_spec(model), family_weights(model), _input(size), taps=True))
+
+
 #: The whole-network size of test_networks (even in H, odd in W), so the oracle outputs are shared.
 SIZE = (64, 49)
 #: Models whose compiled functions are also called at a second input shape (a retrace of the same function
@@ -42,22 +74,22 @@ def _conv_paths(model: str) -> set[tuple]:
     from flax_impl.layers import conv_path  # the rules of common.runtime.xla_cpu, which keras_impl applies too
     return {(op.kernel_size, op.stride, op.groups > 1, op.groups == op.in_channels,
              conv_path(op, "auto", "float32"), conv_path(op, "auto", "float64"))
-            for _, op in ir.iter_leaves(get_spec(model)) if isinstance(op, ir.Conv2d)}
+            for _, op in ir.iter_leaves(family_spec(model)) if isinstance(op, ir.Conv2d)}
 
 
 def test_family_models_take_every_conv_path():
     """The inference-path tests run a few models; together they must meet every (kernel, stride, grouped,
     depthwise, formulation) a registered model has, or a new model brings a path they never compile."""
     paths = {m: _conv_paths(m) for m in list_models()}
-    covered = set().union(*(paths[m] for m in FAMILY_MODELS))
+    covered = set().union(*(_conv_paths(m) for m in FAMILY_MODELS))
     missing = {m: sorted(p - covered) for m, p in paths.items() if p - covered}
     assert not missing, f"add a model to FAMILY_MODELS; conv paths not covered: {missing}"
 
 
 def _torch_model(model: str, dtype: str):
     torch_impl = import_backend("torch")
-    net = torch_impl.create_model(model, dtype=dtype)
-    torch_impl.load_weights(net, network_weights(model))
+    net = torch_impl.create_model(family_spec(model), dtype=dtype)
+    torch_impl.load_weights(net, family_weights(model))
     return torch_impl, net
 
 
@@ -71,7 +103,7 @@ def _input(size=SIZE, batch=2) -> np.ndarray:
 def test_torch_optimized_matches_oracle(model, mode, dtype):
     torch_impl, net = _torch_model(model, dtype)
     fast = torch_impl.optimize_for_inference(net, mode=mode, example_size=(32, 48))
-    oracle = network_outputs("numpy", model, "float64", SIZE)
+    oracle = family_oracle(model, SIZE)
     got = torch_impl.forward_numpy(fast, _input(), taps=(mode == "eager"))
     assert got.keys() <= oracle.keys() and "logits" in got
     for tap, value in got.items():
@@ -188,7 +220,7 @@ def test_onnx_export_matches_torch(model, tmp_path):
         (logits,) = session.run(None, {"input": x.astype(np.float32)})
         eager = torch_impl.forward_numpy(net, x)["logits"]
         assert compare(logits, eager)[1] <= BOUNDS["float32"]
-    oracle = network_outputs("numpy", model, "float64", SIZE)["logits"]
+    oracle = family_oracle(model, SIZE)["logits"]
     (logits,) = session.run(None, {"input": _input().astype(np.float32)})
     assert compare(logits, oracle)[1] <= BOUNDS["float32"]
 
@@ -240,11 +272,11 @@ def test_optimized_function_matches_oracle(framework, model, dtype):
     """keras_impl / flax_impl ``optimize_for_inference`` (weights as compile-time constants on JAX, XLA on
     TensorFlow) against the float64 oracle (one compile per input size)."""
     backend = import_backend(framework)
-    net = backend.create_model(model, dtype=dtype)
-    backend.load_weights(net, network_weights(model))
+    net = backend.create_model(family_spec(model), dtype=dtype)
+    backend.load_weights(net, family_weights(model))
     fast = backend.optimize_for_inference(net)
     for size in (SIZE, SECOND_SIZE) if model in SECOND_SIZE_MODELS else (SIZE,):
-        oracle = network_outputs("numpy", model, "float64", size)["logits"]
+        oracle = family_oracle(model, size)["logits"]
         got = fast.forward_numpy(_nhwc(_input(size)))["logits"]
         assert got.dtype == np.dtype(dtype)
         max_abs, max_rel = compare(got, oracle)
@@ -257,9 +289,9 @@ def test_keras_inference_folds_every_batch_norm(framework, model):
     """Every BatchNorm of these networks follows a conv; the Keras inference function must find each pair
     in the layer graph (on every backend's layer naming), or it would silently run unfolded."""
     keras_impl = import_backend(framework)
-    net = keras_impl.create_model(model, num_classes=10)
+    net = keras_impl.create_model(family_spec(model, 10))
     folded, skipped = keras_impl.inference.folded_batch_norms(net)
-    batch_norms = sum(isinstance(op, ir.BatchNorm2d) for _, op in ir.iter_leaves(get_spec(model)))
+    batch_norms = sum(isinstance(op, ir.BatchNorm2d) for _, op in ir.iter_leaves(family_spec(model)))
     assert len(folded) == len(skipped) == batch_norms > 0
 
 
