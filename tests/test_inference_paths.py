@@ -5,6 +5,7 @@ other than the ones traced with."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import replace
 
@@ -47,17 +48,25 @@ def family_spec(model: str, num_classes: int | None = None):
 
 def family_weights(model: str) -> dict[str, np.ndarray]:
     """The network tests' weights of a registered model; seed-1 random weights of a shallow one."""
-    if model not in SHALLOW:
-        return network_weights(model)
-    return store.cached(("family-weights", model), lambda: random_weights(family_spec(model), seed=1, dtype="float64"))
+    return network_weights(model) if model not in SHALLOW else _shallow_weights(model)
 
 
 def family_oracle(model: str, size: tuple[int, int]) -> dict[str, np.ndarray]:
     """Every tap of the float64 oracle on :func:`family_weights` at ``size`` (batch 2, the shared input)."""
-    if model not in SHALLOW:
-        return network_outputs("numpy", model, "float64", size)
-    return store.cached(("family-oracle", model, tuple(size)),
-                        lambda: forward(family_spec(model), family_weights(model), _input(size), taps=True))
+    return network_outputs("numpy", model, "float64", size) if model not in SHALLOW else _shallow_oracle(model, size)
+
+
+# A shallow net's weights (~1 s, BatchNorm calibration) and oracle (~0.5 s) per process, not in the test
+# store: neighbouring tests need them at once, and through the store one worker idled while the other
+# computed (48 waits, 67 s of the main run).
+@functools.lru_cache(maxsize=None)
+def _shallow_weights(model: str) -> dict[str, np.ndarray]:
+    return random_weights(family_spec(model), seed=1, dtype="float64")
+
+
+@functools.lru_cache(maxsize=None)
+def _shallow_oracle(model: str, size: tuple[int, int]) -> dict[str, np.ndarray]:
+    return forward(family_spec(model), _shallow_weights(model), _input(size), taps=True)
 
 
 #: The whole-network size of test_networks (even in H, odd in W), so the oracle outputs are shared.
