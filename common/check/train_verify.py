@@ -44,12 +44,13 @@ class TrainReport(BoundedReport):
         return {"ok": self.ok, "results": [{**dataclasses.asdict(r), "ok": r.ok} for r in self.results]}
 
     def format_table(self, failures_only: bool = False) -> str:
-        lines = [f"{'model':<24}{'dtype':<9}{'pair':<30}{'quantity':<22}{'worst key':<36}{'max rel':>10}"
+        width = max([24] + [len(r.model) + 1 for r in self.results])  # Megvii's names are 28 characters
+        lines = [f"{'model':<{width}}{'dtype':<9}{'pair':<30}{'quantity':<22}{'worst key':<36}{'max rel':>10}"
                  f"{'bound':>8}  ok"]
         for r in self.results:
             if failures_only and r.ok:
                 continue
-            lines.append(f"{r.model:<24}{r.dtype:<9}{r.a + ' vs ' + r.b:<30}{r.quantity:<22}{r.worst_key:<36}"
+            lines.append(f"{r.model:<{width}}{r.dtype:<9}{r.a + ' vs ' + r.b:<30}{r.quantity:<22}{r.worst_key:<36}"
                          f"{r.max_rel:>10.2e}{r.bound:>8.0e}  {'ok' if r.ok else 'FAIL'}")
         worst = self.worst()
         verdict = "all training quantities within bounds" if self.ok else "SOME TRAINING QUANTITIES EXCEED THEIR BOUND"

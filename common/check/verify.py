@@ -74,11 +74,12 @@ class VerifyReport(BoundedReport):
         return None
 
     def format_table(self) -> str:
-        lines = [f"{'model':<24}{'dtype':<9}{'pair':<32}{'tap':<11}{'max |Δ|':>10}{'max rel':>10}"
+        width = max([24] + [len(r.model) + 1 for r in self.results])  # Megvii's names are 28 characters
+        lines = [f"{'model':<{width}}{'dtype':<9}{'pair':<32}{'tap':<11}{'max |Δ|':>10}{'max rel':>10}"
                  f"{'bound':>8}  ok"]
         for r in self.results:
             pair = f"{r.a} vs {r.b}"
-            lines.append(f"{r.model:<24}{r.dtype:<9}{pair:<32}{r.tap:<11}{r.max_abs:>10.2e}"
+            lines.append(f"{r.model:<{width}}{r.dtype:<9}{pair:<32}{r.tap:<11}{r.max_abs:>10.2e}"
                          f"{r.max_rel:>10.2e}{r.bound:>8.0e}  {'ok' if r.ok else 'FAIL'}")
         worst = self.worst()
         verdict = "all pairs within bounds" if self.ok else "SOME PAIRS EXCEED THEIR BOUND"
