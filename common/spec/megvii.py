@@ -81,8 +81,7 @@ def to_standard(standard: str) -> Correspondence | None:
 def target_model(name: str) -> str:
     """The registered model a Megvii checkpoint of configuration ``name`` (standard or ``_megvii`` name)
     loads into: the standard model where a correspondence exists, else ``<standard>_megvii``."""
-    standard = standard_name(name)
-    _megvii_config(standard)
+    standard = check_released(name)
     return standard + SUFFIX if standard + SUFFIX in DIFFERENCES else standard
 
 

@@ -100,14 +100,14 @@ def _arranged(weights: Mapping[str, object], standard: str, source: str) -> dict
     return {key: renamed[key] for key in canonical_params(spec)}
 
 
-def released_config(weights: Mapping[str, object], source: str = "the weights") -> str | None:
-    """The released configuration (standard name) whose Megvii keys and shapes ``weights`` has exactly."""
+def _released(weights: Mapping[str, object], source: str) -> tuple[str, dict] | None:
+    """The released configuration whose Megvii keys and shapes ``weights`` has exactly, with the weights
+    arranged for it (:func:`_arranged`); None when none fits."""
     for standard in megvii.RELEASED:
         try:
-            _arranged(weights, standard, source)
+            return standard, _arranged(weights, standard, source)
         except WeightsMismatchError:
             continue
-        return standard
     return None
 
 
@@ -137,21 +137,21 @@ def from_megvii(weights: Mapping[str, np.ndarray], model: str | None = None, sou
         try:
             ordered = _arranged(weights, named, source)
         except WeightsMismatchError:
-            found = released_config(weights, source)
+            found = _released(weights, source)
             if found is None:
                 raise  # the differences from the configuration asked for
-            raise WeightsFileError(f"{source}: holds Megvii's {found} weights (groupnets model "
-                                   f"{megvii.target_model(found)}), not {model}") from None
+            raise WeightsFileError(f"{source}: holds Megvii's {found[0]} weights (groupnets model "
+                                   f"{megvii.target_model(found[0])}), not {model}") from None
         standard = named
     else:
-        standard = released_config(weights, source)
-        if standard is None:
+        found = _released(weights, source)
+        if found is None:
             raise WeightsFileError(f"{source}: has Megvii ShuffleNet-Series keys but fits none of their released "
                                    f"configurations ({', '.join(megvii.RELEASED)}); name one to see the differences")
+        standard, ordered = found
         if model is not None:
             raise WeightsFileError(f"{source}: holds Megvii's {standard} weights (groupnets model "
                                    f"{megvii.target_model(standard)}), not {model}")
-        ordered = _arranged(weights, standard, source)
     target = megvii.target_model(standard)
     if target.endswith(megvii.SUFFIX):
         return target, ordered
