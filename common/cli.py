@@ -66,18 +66,20 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         weights, source_model = read_weights(args.weights, model=models[0])
         if source_model and source_model != models[0]:
             raise GroupnetsError(f"{args.weights}: holds weights for {source_model!r}, not {models[0]!r}")
-    h, w = _size(args.size)
+    train = args.mode == "train"
+    h, w = _size(args.size or [128 if train else 224])
+    batch = args.batch if args.batch is not None else (4 if train else 2)
     reports = []
     with _progress(len(models) * len(args.dtypes) * len(frameworks)) as step:
         for name in models:
             if args.mode == "train":
-                report = verify_train(name, frameworks, args.dtypes, weights, (max(args.batch, 2), 3, h, w),
+                report = verify_train(name, frameworks, args.dtypes, weights, (max(batch, 2), 3, h, w),
                                       args.seed, freeze=args.freeze, num_classes=args.num_classes, progress=step)
                 table = report.format_table(failures_only=args.failures_only)
             else:
                 classes = args.num_classes or (infer_num_classes(weights) if weights is not None else None) or 1000
                 spec = get_spec(name, classes)
-                report = verify(spec, frameworks, args.dtypes, weights, (args.batch, spec.in_channels, h, w),
+                report = verify(spec, frameworks, args.dtypes, weights, (batch, spec.in_channels, h, w),
                                 args.seed, args.taps, progress=step)
                 table = report.format_table()
             reports.append(report)
@@ -194,8 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: torch, keras, flax, numpy (the float64 oracle)")
     p.add_argument("--dtype", dest="dtypes", action="append", choices=["float32", "float64"],
                    help="repeatable; default both")
-    p.add_argument("--size", type=int, nargs="+", default=[224], metavar="N", help="input H [W] (default 224)")
-    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--size", type=int, nargs="+", metavar="N",
+                   help="input H [W] (default 224; with --mode train 128: see --batch)")
+    p.add_argument("--batch", type=int, help="default 2; with --mode train 4, so that every BatchNorm of every "
+                   "model normalises at least 64 values per channel")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--taps", action="store_true", help="also compare every stage output")
     p.add_argument("--weights", help="verify these weights (any format groupnets reads) instead of random ones; "

@@ -35,9 +35,10 @@ def sgd(lr: Any, momentum: Any, weight_decay: Any) -> optax.GradientTransformati
     return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum=momentum))
 
 
-def _step(model: nnx.Module, x: jax.Array, labels: jax.Array, hyper: jax.Array, apply: bool
+def _step(model: nnx.Module, x: jax.Array, labels: jax.Array, hyper: jax.Array, apply: bool, steps: int = 1
           ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array], jax.Array]:
-    """Traced once per (architecture, frozen flags, shapes/dtypes, apply); ``hyper = (lr, momentum, wd)``."""
+    """Traced once per (architecture, frozen flags, shapes/dtypes, apply, steps); ``hyper = (lr, momentum,
+    wd)``. Steps after the first reuse the optimiser (its momentum trace) and return nothing of their own."""
     wrt = trainable_filter(model)
 
     def loss_fn(module: nnx.Module, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -55,6 +56,9 @@ def _step(model: nnx.Module, x: jax.Array, labels: jax.Array, hyper: jax.Array, 
         lr, momentum, weight_decay = hyper[0], hyper[1], hyper[2]
         optimizer = nnx.Optimizer(model, sgd(lr, momentum, weight_decay), wrt=wrt, graph=True)
         optimizer.update(model, param_grads)
+        for _ in range(steps - 1):
+            _, (more_grads, _) = grad_fn(model, x)
+            optimizer.update(model, more_grads)
     flat = {".".join(str(part) for part in path): jnp.asarray(value.get_value() if isinstance(value, nnx.Variable)
                                                                else value)
             for path, value in nnx.to_flat_state(param_grads)}
@@ -63,26 +67,27 @@ def _step(model: nnx.Module, x: jax.Array, labels: jax.Array, hyper: jax.Array, 
 
 #: Tree-mode ``nnx.jit`` (cheap flattening, like :mod:`flax_impl.bridge`); the model's static attributes
 #: (spec, train/eval and frozen flags) are part of the cache key, so changing them retraces.
-_jitted_step = nnx.jit(_step, static_argnames="apply", graph=False)
+_jitted_step = nnx.jit(_step, static_argnames=("apply", "steps"), graph=False)
 
 
 def train_step_numpy(model: nnx.Module, x: np.ndarray, labels: Sequence[int] | np.ndarray, lr: float = 0.0,
-                     momentum: float = 0.9, weight_decay: float = 0.0) -> dict[str, Any]:
+                     momentum: float = 0.9, weight_decay: float = 0.0, steps: int = 1) -> dict[str, Any]:
     """One train-mode step on NumPy data (NHWC ``x``, integer ``labels``).
 
     Forward in train mode (BatchNorm: batch statistics, running statistics updated by PyTorch's rule and
     ``num_batches_tracked + 1`` — except a backbone frozen by :func:`flax_impl.freeze_backbone`, whose
     BatchNorm stays in inference mode), mean softmax cross-entropy, gradients w.r.t. every trainable
     ``nnx.Param`` (all of them, or only ``fc``'s when frozen) and w.r.t. the input, then, if ``lr > 0``, one
-    step of a fresh ``nnx.Optimizer`` (zero momentum) with :func:`sgd` over the trainable parameters.
-    The model's train/eval flags are restored afterwards. A failed step (e.g. one value per channel in
+    step of a fresh ``nnx.Optimizer`` (zero momentum) with :func:`sgd` over the trainable parameters — or
+    ``steps`` steps on this batch with that one optimiser, in the same compiled program (logits, loss and
+    gradients returned are the first step's). The model's train/eval flags are restored afterwards. A failed step (e.g. one value per channel in
     train mode: ``ValueError`` "Expected more than 1 value per channel when training", raised while
     tracing) changes nothing.
 
     Returns ``{"logits": (N, classes), "loss": float, "grads": canonical-key dict of canonical-layout
     gradients (trainable parameters only), "input_grad": NHWC}``, all NumPy.
     """
-    check_step_hyperparameters(lr, momentum, weight_decay)
+    check_step_hyperparameters(lr, momentum, weight_decay, steps)
     spec = model.spec
     dtype = model_dtype(model)
     array = check_input(x, spec, channels_last=True, backend="flax_impl")
@@ -98,7 +103,8 @@ def train_step_numpy(model: nnx.Module, x: np.ndarray, labels: Sequence[int] | n
     try:
         for module, _ in saved:  # = model.train(), without a second traversal; frozen BN stays in eval
             module.use_running_average = False
-        logits, loss, flat, input_grad = _jitted_step(model, inputs, from_host(target), hyper, apply=lr > 0)
+        logits, loss, flat, input_grad = _jitted_step(model, inputs, from_host(target), hyper, apply=lr > 0,
+                                                      steps=int(steps))
     finally:
         for module, flag in saved:
             module.use_running_average = flag

@@ -34,59 +34,74 @@ def _framework() -> tuple[str, ModuleType]:
     return name, module
 
 
-def value_and_grad(fn: Callable[[list, Any], tuple[Any, Any]], params: Sequence[Any], x: Any
-                   ) -> tuple[Any, Any, list, Any]:
-    """``fn(params, x) -> (loss, aux)``, differentiated w.r.t. every tensor of ``params`` and ``x``.
+def gradient_function(fn: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[Any, Any, list, Any]]:
+    """``fn(params, x, *rest) -> (loss, aux)`` → a callable ``(params, x, *rest) -> (loss, aux,
+    param_grads, x_grad)`` differentiating w.r.t. every tensor of ``params`` and ``x`` (not ``rest``).
 
-    ``params`` and ``x`` are backend tensors; ``fn`` must be pure (e.g. built on ``stateless_call``).
-    Returns ``(loss, aux, param_grads, x_grad)`` as backend tensors; a parameter the loss does not depend
-    on gets a zero gradient.
+    ``params``, ``x`` and ``rest`` are backend tensors; ``fn`` must be pure (e.g. built on
+    ``stateless_call``). The callable can be called again (the next training step): on JAX it is compiled
+    once. A parameter the loss does not depend on gets a zero gradient.
     """
     name, fw = _framework()
-    params = list(params)
     if name == "jax":
         # jitted, as Keras's own JAX trainer runs its train step: eagerly, every op of the forward and the
         # backward pass compiled on its own (ShuffleNet V1 g3 train step: 40-60 s in CI, 2026-12-01)
         step = fw.jit(fw.value_and_grad(fn, argnums=(0, 1), has_aux=True))
-        (loss, aux), (param_grads, x_grad) = step(params, x)
-        return loss, aux, list(param_grads), x_grad
+
+        def jax_call(params: Sequence[Any], x: Any, *rest: Any) -> tuple[Any, Any, list, Any]:
+            (loss, aux), (param_grads, x_grad) = step(list(params), x, *rest)
+            return loss, aux, list(param_grads), x_grad
+        return jax_call
     if name == "tensorflow":
-        params = [fw.convert_to_tensor(p) for p in params]
-        x = fw.convert_to_tensor(x)
-        with fw.GradientTape() as tape:
-            tape.watch(params)
-            tape.watch(x)
-            loss, aux = fn(params, x)
-        grads = tape.gradient(loss, [*params, x], unconnected_gradients=fw.UnconnectedGradients.ZERO)
-        return loss, aux, list(grads[:-1]), grads[-1]
-    # torch: fresh leaves (no aliasing of the variables' autograd state), gradients without .grad side effects
-    params = [p.detach().requires_grad_(True) for p in params]
-    x = x.detach().requires_grad_(True)
-    with fw.enable_grad():
-        loss, aux = fn(params, x)
-        grads = fw.autograd.grad(loss, [*params, x], allow_unused=True)
-    grads = [fw.zeros_like(t) if g is None else g for t, g in zip([*params, x], grads)]
-    return loss.detach(), aux, grads[:-1], grads[-1]
+        def tf_call(params: Sequence[Any], x: Any, *rest: Any) -> tuple[Any, Any, list, Any]:
+            params = [fw.convert_to_tensor(p) for p in params]
+            x = fw.convert_to_tensor(x)
+            with fw.GradientTape() as tape:
+                tape.watch(params)
+                tape.watch(x)
+                loss, aux = fn(params, x, *rest)
+            grads = tape.gradient(loss, [*params, x], unconnected_gradients=fw.UnconnectedGradients.ZERO)
+            return loss, aux, list(grads[:-1]), grads[-1]
+        return tf_call
+
+    def torch_call(params: Sequence[Any], x: Any, *rest: Any) -> tuple[Any, Any, list, Any]:
+        # fresh leaves (no aliasing of the variables' autograd state), gradients without .grad side effects
+        params = [p.detach().requires_grad_(True) for p in params]
+        x = x.detach().requires_grad_(True)
+        with fw.enable_grad():
+            loss, aux = fn(params, x, *rest)
+            grads = fw.autograd.grad(loss, [*params, x], allow_unused=True)
+        grads = [fw.zeros_like(t) if g is None else g for t, g in zip([*params, x], grads)]
+        return loss.detach(), aux, grads[:-1], grads[-1]
+    return torch_call
 
 
-def apply_update(optimizer: keras.optimizers.Optimizer, grads: Sequence[Any], variables: Sequence[Any],
-                 transform: Callable[[list, list], list]) -> None:
-    """``optimizer.apply(transform(grads, values), variables)``: one step on the variables in place.
+def update_function(optimizer: keras.optimizers.Optimizer, variables: Sequence[Any],
+                    transform: Callable[[list, list], list]) -> Callable[[Sequence[Any]], None]:
+    """A callable ``(grads) -> None`` doing ``optimizer.apply(transform(grads, values), variables)``: one
+    step on the variables in place, the optimiser's own state (momentum) carried to the next call.
 
-    On JAX the step is one compiled program (``stateless_apply`` under ``jax.jit``), as Keras's own JAX
-    trainer runs it: eagerly, every op of the update compiled on its own, per variable shape (3-5 s of a
-    ShuffleNet train step, 2026-12-02). TensorFlow refuses ``stateless_apply`` and torch compiles nothing
-    eagerly, so there the optimizer applies as usual."""
+    On JAX the step is one compiled program (``stateless_apply`` under ``jax.jit``, compiled once for all
+    calls), as Keras's own JAX trainer runs it: eagerly, every op of the update compiled on its own, per
+    variable shape (3-5 s of a ShuffleNet train step, 2026-12-02). TensorFlow refuses ``stateless_apply``
+    and torch compiles nothing eagerly, so there the optimizer applies as usual."""
     name, fw = _framework()
-    grads, variables = list(grads), list(variables)
+    variables = list(variables)
     if name != "jax":
-        optimizer.apply(transform(grads, [keras.ops.convert_to_tensor(v) for v in variables]), variables)
-        return
+        def eager_apply(grads: Sequence[Any]) -> None:
+            optimizer.apply(transform(list(grads), [keras.ops.convert_to_tensor(v) for v in variables]), variables)
+        return eager_apply
     optimizer.build(variables)
 
     def step(optimizer_values: list, step_grads: list, values: list) -> tuple[list, list]:
         return optimizer.stateless_apply(optimizer_values, transform(step_grads, values), values)
+    compiled = fw.jit(step)
 
-    new_values, _ = fw.jit(step)([v.value for v in optimizer.variables], grads, [v.value for v in variables])
-    for variable, value in zip(variables, new_values):
-        variable.assign(value)
+    def jax_apply(grads: Sequence[Any]) -> None:
+        new_values, new_state = compiled([v.value for v in optimizer.variables], list(grads),
+                                         [v.value for v in variables])
+        for variable, value in zip(variables, new_values):
+            variable.assign(value)
+        for variable, value in zip(optimizer.variables, new_state):
+            variable.assign(value)
+    return jax_apply

@@ -225,6 +225,10 @@ def native_layout(framework: str, x_nchw: np.ndarray) -> np.ndarray:
 
 
 TRAIN_SHAPE = (4, 3, 128, 128)  # every BN sees >= 64 values per channel (see common.check.train_verify)
+#: Steps on the batch (lr 0.1, momentum 0.9, weight decay 1e-4): two, as ``groupnets verify --mode train``
+#: takes, because coupled and decoupled weight decay differ only from the second step on.
+TRAIN_STEPS = 2
+TRAIN_HYPER = (0.1, 0.9, 1e-4)
 
 
 #: The training problems: one network per family, 10 classes, holding every block kind of its family —
@@ -266,18 +270,37 @@ def train_spec(model: str):
 TRAIN_SEED = 0
 
 
-def train_outputs(framework: str, model: str, dtype: str, freeze: bool = False) -> dict:
-    """One ``train_step_numpy`` (lr 0.1, momentum 0.9, weight decay 1e-4) on shared weights / data, run by
-    one party (``"keras"`` = this process's Keras backend), once per run."""
+def train_kinks(model: str, freeze: bool = False):
+    """The float64 kink allowance of a training problem's :data:`TRAIN_STEPS` steps (``torch_impl.kinks``),
+    once per run."""
+    from common.check.gradient_criterion import Kinks
+    from common.check.train_verify import measure_kinks, train_inputs
+
+    def compute() -> dict:
+        spec = train_spec(model)
+        x, labels = train_inputs(spec, TRAIN_SHAPE, seed=TRAIN_SEED)
+        kinks = measure_kinks(spec, random_weights(spec, seed=TRAIN_SEED, dtype="float64"), x, labels, freeze,
+                              TRAIN_STEPS, *TRAIN_HYPER)
+        return store.flatten({"steps": {str(i): dict(a) for i, a in enumerate(kinks.steps)},
+                              "input_grad": np.asarray(kinks.input_grad), "elements": np.asarray(kinks.elements)})
+
+    found = store.unflatten(store.cached(("kinks", model, freeze, TRAIN_SEED, TRAIN_SHAPE, TRAIN_STEPS), compute))
+    steps = tuple({k: float(v) for k, v in found["steps"][str(i)].items()} for i in range(len(found["steps"])))
+    return Kinks(steps, float(found["input_grad"]), int(found["elements"]))
+
+
+def train_outputs(framework: str, model: str, dtype: str, freeze: bool = False, steps: int = TRAIN_STEPS) -> dict:
+    """``train_step_numpy`` (:data:`TRAIN_HYPER`, ``steps`` steps) on shared weights / data, run by one
+    party (``"keras"`` = this process's Keras backend), once per run."""
     from common.check.train_verify import run_train_step, train_inputs
     party = _party(framework)
-    key = ("train", party, model, dtype, freeze, TRAIN_SEED, TRAIN_SHAPE)
+    key = ("train", party, model, dtype, freeze, TRAIN_SEED, TRAIN_SHAPE, steps)
 
     def compute() -> dict:
         spec = train_spec(model)
         weights = random_weights(spec, seed=TRAIN_SEED, dtype="float64")
         x, labels = train_inputs(spec, TRAIN_SHAPE, seed=TRAIN_SEED)
-        out = run_train_step(_framework(party), spec, weights, x, labels, dtype, 0.1, 0.9, 1e-4, freeze)
+        out = run_train_step(_framework(party), spec, weights, x, labels, dtype, *TRAIN_HYPER, freeze, steps)
         return store.flatten(out)
 
     return store.unflatten(store.cached(key, compute))

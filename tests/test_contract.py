@@ -108,3 +108,7 @@ def test_bad_input_raises_the_same_error_type_everywhere(framework):
     right = nchw if backend.DATA_FORMAT == "channels_first" else nchw.transpose(0, 2, 3, 1)
     with pytest.raises(GroupnetsError, match="labels"):
         backend.train_step_numpy(model, right, [0, 10])
+    for settings, message in (({"lr": -0.1}, "lr must be >= 0"), ({"lr": 0.1, "steps": 0}, "steps must be"),
+                              ({"lr": 0.1, "steps": 1.5}, "steps must be"), ({"steps": 2}, "needs lr > 0")):
+        with pytest.raises(GroupnetsError, match=message):
+            backend.train_step_numpy(model, right, [0, 1], **settings)

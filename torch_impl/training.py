@@ -18,21 +18,24 @@ from .weights import _unwrap
 
 
 def train_step_numpy(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np.ndarray, lr: float = 0.0,
-                     momentum: float = 0.9, weight_decay: float = 0.0) -> dict[str, object]:
+                     momentum: float = 0.9, weight_decay: float = 0.0, steps: int = 1) -> dict[str, object]:
     """One train-mode step on NumPy data (NCHW ``x``, integer ``labels``).
 
     Forward in train mode (BatchNorm: batch statistics, running statistics updated by PyTorch's rule —
     except backbone BatchNorm frozen by :func:`torch_impl.freeze_backbone`, which stays in eval mode), mean
     softmax cross-entropy, gradients w.r.t. every parameter with ``requires_grad`` and w.r.t. the input,
     then, if ``lr > 0``, one ``torch.optim.SGD(lr, momentum, weight_decay)`` step over those parameters
-    (a fresh optimiser: zero momentum buffer; PyTorch's coupled L2 decay). Parameters' ``.grad`` are left
+    (a fresh optimiser: zero momentum buffer; PyTorch's coupled L2 decay) — or ``steps`` steps on this
+    batch with that one optimiser (each a train-mode forward and backward; the momentum buffer carries the
+    decay from step to step, so coupled and decoupled decay differ from the second step on). Logits, loss
+    and gradients returned are the first step's. Parameters' ``.grad`` are left
     as they were; the module train/eval flags are restored; if the forward raises (e.g. one value per
     channel in train mode: ``ValueError``), the BatchNorm buffers it had already updated are restored too.
 
     Returns ``{"logits": (N, classes), "loss": float, "grads": canonical-key dict (trainable parameters
     only), "input_grad": NCHW}``, all NumPy.
     """
-    check_step_hyperparameters(lr, momentum, weight_decay)  # before the forward touches any BN buffer
+    check_step_hyperparameters(lr, momentum, weight_decay, steps)  # before the forward touches any BN buffer
     network = _unwrap(model)
     spec = network.spec
     array = check_input(x, spec, channels_last=False, backend="torch_impl")
@@ -63,11 +66,21 @@ def train_step_numpy(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np
     param_grads, input_grad = grads[:-1], grads[-1]
     if lr > 0 and trainable:
         saved = [p.grad for _, p in trainable]
+        optimizer = torch.optim.SGD([p for _, p in trainable], lr=lr, momentum=momentum, weight_decay=weight_decay)
         try:
-            for (_, p), g in zip(trainable, param_grads):
-                p.grad = g.detach().clone()
-            torch.optim.SGD([p for _, p in trainable], lr=lr, momentum=momentum, weight_decay=weight_decay).step()
+            step_grads = param_grads
+            for step in range(steps):
+                if step:  # the next step's gradients, at the stepped weights (inputs and labels as before)
+                    model.train()
+                    with torch.enable_grad():
+                        step_grads = torch.autograd.grad(F.cross_entropy(model(inputs.detach()), target),
+                                                         [p for _, p in trainable])
+                for (_, p), g in zip(trainable, step_grads):
+                    p.grad = g.detach().clone()
+                optimizer.step()
         finally:
+            for module, training in modes:
+                module.training = training
             for (_, p), g in zip(trainable, saved):
                 p.grad = g
 

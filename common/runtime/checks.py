@@ -33,11 +33,16 @@ def check_labels(labels: object, batch: int, classes: int) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def check_step_hyperparameters(lr: float, momentum: float, weight_decay: float) -> None:
-    """SGD settings must be >= 0 (``not value >= 0`` also rejects NaN)."""
+def check_step_hyperparameters(lr: float, momentum: float, weight_decay: float, steps: int = 1) -> None:
+    """SGD settings must be >= 0 (``not value >= 0`` also rejects NaN); ``steps`` a whole number >= 1, and
+    more than one step needs ``lr > 0`` (without a step the batch would only update BatchNorm again)."""
     for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
         if not value >= 0:
             raise GroupnetsError(f"{name} must be >= 0, got {value}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise GroupnetsError(f"steps must be a whole number >= 1, got {steps!r}")
+    if steps > 1 and not lr > 0:
+        raise GroupnetsError(f"steps={steps} needs lr > 0")
 
 
 def check_input(x: object, node: object, channels_last: bool, backend: str) -> np.ndarray:
