@@ -53,14 +53,28 @@ def _near_tie_routes(pool: nn.MaxPool2d, y: torch.Tensor, u: torch.Tensor, tau: 
     return routes.reshape(n, c, h, w), int(near.sum())
 
 
+def _gradients(net: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
+    """Train-mode gradients of the trainable parameters, on a copy (the BatchNorm buffers stay as they are)."""
+    net = copy.deepcopy(net)
+    net.train()
+    params = [p for p in net.parameters() if p.requires_grad]
+    with torch.enable_grad():
+        return list(torch.autograd.grad(F.cross_entropy(net(inputs), target), params))
+
+
 def kink_allowance(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np.ndarray, tau: float = 1e-5,
-                   draws: int = 8, seed: int = 0) -> dict[str, object]:
+                   draws: int = 8, seed: int = 0, carry_to: nn.Module | None = None, lr: float = 0.0
+                   ) -> dict[str, object]:
     """Per canonical parameter key (trainable ones) and for the input, the norm by which a float32 train
     step's gradient may differ from this float64 model's through kinks alone (see the module docstring).
 
     ``model`` must be a float64 torch_impl network; it is not modified (a copy runs, in train mode, with
     the mean softmax cross-entropy ``train_step_numpy`` uses). Returns ``{"grads": {key: float},
     "input_grad": float, "elements": near-kink elements found}``.
+
+    With ``carry_to`` (the same network at the weights the next step starts from), also ``"carried"``:
+    how far the next step's gradients move when that step starts from weights that the kinks of this one
+    moved, by ``-lr`` times each draw's rerouted gradient (evaluated in float64, max over the draws).
     """
     network = _unwrap(model)
     if next(network.parameters()).dtype != torch.float64:
@@ -106,10 +120,26 @@ def kink_allowance(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np.n
 
     targets = [p for _, p in trainable] + [inputs]
     worst = [0.0] * len(targets)
+    carried = [0.0] * len(trainable)
+    if carry_to is not None:
+        carry_from = _unwrap(carry_to)
+        next_inputs = inputs.detach()
+        next_grads = _gradients(carry_from, next_inputs, target)
     rng = torch.Generator().manual_seed(seed)
     for _ in range(draws if count else 0):
         signed = [r * (torch.randint(0, 2, r.shape, generator=rng, dtype=torch.float64) * 2 - 1) for r in reroutes]
         moved = torch.autograd.grad(sources, targets, signed, retain_graph=True, allow_unused=True)
         worst = [max(w, float(m.norm()) if m is not None else 0.0) for w, m in zip(worst, moved)]
-    return {"grads": {name: w for (name, _), w in zip(trainable, worst)}, "input_grad": worst[-1],
-            "elements": count}
+        if carry_to is not None:
+            shifted = copy.deepcopy(carry_from)
+            with torch.no_grad():
+                for p, m in zip((p for p in shifted.parameters() if p.requires_grad), moved[:-1]):
+                    if m is not None:
+                        p -= lr * m
+            changed = _gradients(shifted, next_inputs, target)
+            carried = [max(c, float((a - b).norm())) for c, a, b in zip(carried, changed, next_grads)]
+    found: dict[str, object] = {"grads": {name: w for (name, _), w in zip(trainable, worst)},
+                                "input_grad": worst[-1], "elements": count}
+    if carry_to is not None:
+        found["carried"] = {name: c for (name, _), c in zip(trainable, carried)}
+    return found

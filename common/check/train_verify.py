@@ -116,17 +116,28 @@ def measure_kinks(spec, weights, x_nchw, labels, freeze: bool, steps: int = 1, l
                   momentum: float = 0.9, weight_decay: float = 1e-4) -> Kinks:
     """The float64 kink allowance of this problem, for each of ``steps`` steps at the float64 weights it
     starts from (``torch_impl.kinks``: PyTorch's autograd hooks measure it, whatever frameworks are
-    compared — torch must be installed to judge float32 gradients)."""
+    compared — torch must be installed to judge float32 gradients).
+
+    A later step starts from weights the earlier kinks moved (by ``-lr`` times their rerouted gradient), so
+    its allowance adds how far that moves its gradients (``carried``, float64, same draws) to its own kinks.
+    """
     backend = load_backend("torch")
-    per_step, first = [], None
-    for step in range(steps):
+
+    def model_at(step: int):
         start = weights if step == 0 else run_train_step("torch", spec, weights, x_nchw, labels, "float64", lr,
                                                          momentum, weight_decay, freeze, steps=step)["after"]
         model = backend.build(spec, dtype="float64", weights=start)
         if freeze:
             backend.freeze_backbone(model)
-        found = backend.kink_allowance(model, x_nchw, labels)
-        per_step.append(found["grads"])
+        return model
+
+    models = [model_at(step) for step in range(steps)]
+    per_step, carried, first = [], {}, None
+    for step, model in enumerate(models):
+        following = models[step + 1] if step + 1 < steps else None
+        found = backend.kink_allowance(model, x_nchw, labels, carry_to=following, lr=lr)
+        per_step.append({k: v + carried.get(k, 0.0) for k, v in found["grads"].items()})
+        carried = found.get("carried", {})
         first = first or found
     return Kinks(tuple(per_step), first["input_grad"], first["elements"])
 
