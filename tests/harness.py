@@ -231,6 +231,12 @@ TRAIN_STEPS = 2
 TRAIN_HYPER = (0.1, 0.9, 1e-4)
 
 
+def train_steps(freeze: bool) -> int:
+    """:data:`TRAIN_STEPS`; one for the frozen backbone (what it proves — only ``fc`` moves, BatchNorm pinned
+    — a step shows; the optimiser is checked by the full problems)."""
+    return 1 if freeze else TRAIN_STEPS
+
+
 #: The training problems: one network per family, 10 classes, holding every block kind of its family —
 #: V2 and V1 (g3, 0.5x widths) with one stride-2 and one stride-1 unit in stage 3 (stages 2 and 4: the
 #: stride-2 unit; V1's stage 2 keeps its ungrouped first 1x1), ResNeXt with one bottleneck per stage
@@ -278,21 +284,22 @@ def train_kinks(model: str, freeze: bool = False, seed: int = TRAIN_SEED):
         spec = train_spec(model)
         x, labels = train_inputs(spec, TRAIN_SHAPE, seed=seed)
         kinks = measure_kinks(spec, random_weights(spec, seed=seed, dtype="float64"), x, labels, freeze,
-                              TRAIN_STEPS, *TRAIN_HYPER)
+                              train_steps(freeze), *TRAIN_HYPER)
         return store.flatten({"steps": {str(i): dict(a) for i, a in enumerate(kinks.steps)},
                               "input_grad": np.asarray(kinks.input_grad), "elements": np.asarray(kinks.elements)})
 
-    found = store.unflatten(store.cached(("kinks", model, freeze, seed, TRAIN_SHAPE, TRAIN_STEPS), compute))
+    found = store.unflatten(store.cached(("kinks", model, freeze, seed, TRAIN_SHAPE, train_steps(freeze)), compute))
     steps = tuple({k: float(v) for k, v in found["steps"][str(i)].items()} for i in range(len(found["steps"])))
     return Kinks(steps, float(found["input_grad"]), int(found["elements"]))
 
 
-def train_outputs(framework: str, model: str, dtype: str, freeze: bool = False, steps: int = TRAIN_STEPS,
+def train_outputs(framework: str, model: str, dtype: str, freeze: bool = False, steps: int | None = None,
                   seed: int = TRAIN_SEED) -> dict:
-    """``train_step_numpy`` (:data:`TRAIN_HYPER`, ``steps`` steps) on shared weights / data, run by one
-    party (``"keras"`` = this process's Keras backend), once per run."""
+    """``train_step_numpy`` (:data:`TRAIN_HYPER`, ``steps`` steps, by default :func:`train_steps`) on shared
+    weights / data, run by one party (``"keras"`` = this process's Keras backend), once per run."""
     from common.check.train_verify import run_train_step, train_inputs
     party = _party(framework)
+    steps = train_steps(freeze) if steps is None else steps
     key = ("train", party, model, dtype, freeze, seed, TRAIN_SHAPE, steps)
 
     def compute() -> dict:

@@ -20,7 +20,7 @@ from common import get_spec, random_input, random_weights
 from common.check.train_verify import compare_train_runs, is_continuous, judge_float32
 from conftest import import_backend
 from harness import (FULL, TRAIN_HYPER, TRAIN_MODELS, TRAIN_SEED, TRAIN_SHAPE, TRAIN_STEPS, pair_major, run_pairs,
-                     train_kinks, train_outputs, train_spec)
+                     train_kinks, train_outputs, train_spec, train_steps)
 
 MODELS = TRAIN_MODELS
 #: The frozen-backbone step (BatchNorm pinned to inference mode, only ``fc`` trainable, the input gradient
@@ -59,7 +59,7 @@ def test_bn_statistics_follow_pytorch_rule(framework, model):
     after = train_outputs(framework, model, "float64")["after"]
     for key in before:
         if key.endswith("num_batches_tracked"):
-            assert int(after[key]) == int(before[key]) + TRAIN_STEPS, key
+            assert int(after[key]) == int(before[key]) + train_steps(False), key
         elif key.endswith(("running_mean", "running_var")):
             assert not np.allclose(after[key], before[key]), key
 
@@ -92,8 +92,9 @@ def test_one_value_per_channel_is_refused_in_training(framework):
         backend.train_step_numpy(model, x, np.array([3]))
 
 
-def _float32_rows(model: str, freeze: bool, runs: dict, steps: int = TRAIN_STEPS, seed: int = TRAIN_SEED) -> list:
+def _float32_rows(model: str, freeze: bool, runs: dict, steps: int | None = None, seed: int = TRAIN_SEED) -> list:
     spec = train_spec(model)
+    steps = train_steps(freeze) if steps is None else steps
     kinks = train_kinks(model, freeze, seed)
     return judge_float32(spec, runs, train_outputs("torch", model, "float64", freeze, steps, seed),
                          random_weights(spec, seed=seed, dtype="float64"),
@@ -177,6 +178,9 @@ def test_float32_criterion_catches(model, bug):
     for run, should_pass in ((honest, True), (bad, False)):
         rows = [r for r in compare_train_runs(spec, "float32", "torch", run, "float64", reference)
                 if is_continuous(r.quantity)] + _float32_rows(model, False, {"torch": run}, steps)
+        worst = max(rows, key=lambda r: r.max_rel / r.bound)
+        print(f"BUG {bug!r} {model} {'honest' if should_pass else 'bugged'}: {worst.quantity} {worst.worst_key} "
+              f"{worst.max_rel / worst.bound:.3g} x its bound")
         assert (not _failing(rows)) == should_pass, (bug, _failing(rows))
 
 
