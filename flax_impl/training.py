@@ -3,14 +3,15 @@
 
 One jitted program does the forward (train-mode BatchNorm: batch statistics, PyTorch's running-stat
 update), the mean softmax cross-entropy, ``nnx.value_and_grad`` w.r.t. the trainable parameters
-(:func:`flax_impl.transfer.trainable_filter`) *and* the input, and — when ``lr > 0`` — one step of a fresh
-``nnx.Optimizer`` (zero momentum) with ``optax.chain(add_decayed_weights(wd), sgd(lr, momentum))``: coupled
-L2 decay, exactly ``torch.optim.SGD(lr, momentum, weight_decay)``'s first step.
+(:func:`flax_impl.transfer.trainable_filter`) *and* the input, and — when ``lr > 0`` — one update of a
+fresh ``nnx.Optimizer`` (zero momentum) with ``optax.chain(add_decayed_weights(wd), sgd(lr, momentum))``:
+coupled L2 decay, exactly ``torch.optim.SGD(lr, momentum, weight_decay)``. More steps call it again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+import functools
 from typing import Any
 
 import jax
@@ -35,10 +36,10 @@ def sgd(lr: Any, momentum: Any, weight_decay: Any) -> optax.GradientTransformati
     return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum=momentum))
 
 
-def _step(model: nnx.Module, x: jax.Array, labels: jax.Array, hyper: jax.Array, apply: bool, steps: int = 1
+def _step(model: nnx.Module, optimizer: nnx.Optimizer | None, x: jax.Array, labels: jax.Array
           ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array], jax.Array]:
-    """Traced once per (architecture, frozen flags, shapes/dtypes, apply, steps); ``hyper = (lr, momentum,
-    wd)``. Steps after the first reuse the optimiser (its momentum trace) and return nothing of their own."""
+    """Traced once per (architecture, frozen flags, optimiser, shapes/dtypes): forward, gradients and —
+    with an ``optimizer`` — its update, in one program. Later steps of one call reuse the trace."""
     wrt = trainable_filter(model)
 
     def loss_fn(module: nnx.Module, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -52,22 +53,24 @@ def _step(model: nnx.Module, x: jax.Array, labels: jax.Array, hyper: jax.Array, 
     # graph bookkeeping runs at trace time only. BatchStat updates made by the forward propagate to `model`.
     grad_fn = nnx.value_and_grad(loss_fn, argnums=(nnx.DiffState(0, wrt), 1), has_aux=True, graph=True)
     (loss, logits), (param_grads, input_grad) = grad_fn(model, x)
-    if apply:
-        lr, momentum, weight_decay = hyper[0], hyper[1], hyper[2]
-        optimizer = nnx.Optimizer(model, sgd(lr, momentum, weight_decay), wrt=wrt, graph=True)
+    if optimizer is not None:
         optimizer.update(model, param_grads)
-        for _ in range(steps - 1):
-            _, (more_grads, _) = grad_fn(model, x)
-            optimizer.update(model, more_grads)
     flat = {".".join(str(part) for part in path): jnp.asarray(value.get_value() if isinstance(value, nnx.Variable)
                                                                else value)
             for path, value in nnx.to_flat_state(param_grads)}
     return logits, loss, flat, input_grad
 
 
+@functools.lru_cache(maxsize=16)
+def _transformation(lr: float, momentum: float, weight_decay: float) -> optax.GradientTransformation:
+    """One :func:`sgd` object per setting: the optimiser's transformation is part of the jit cache key, so
+    a new one per call would recompile every call (Python floats scale exactly in float64: weak types)."""
+    return sgd(lr, momentum, weight_decay)
+
+
 #: Tree-mode ``nnx.jit`` (cheap flattening, like :mod:`flax_impl.bridge`); the model's static attributes
-#: (spec, train/eval and frozen flags) are part of the cache key, so changing them retraces.
-_jitted_step = nnx.jit(_step, static_argnames=("apply", "steps"), graph=False)
+#: (spec, train/eval and frozen flags) and the optimiser's transformation are part of the cache key.
+_jitted_step = nnx.jit(_step, graph=False)
 
 
 def train_step_numpy(model: nnx.Module, x: np.ndarray, labels: Sequence[int] | np.ndarray, lr: float = 0.0,
@@ -79,8 +82,8 @@ def train_step_numpy(model: nnx.Module, x: np.ndarray, labels: Sequence[int] | n
     BatchNorm stays in inference mode), mean softmax cross-entropy, gradients w.r.t. every trainable
     ``nnx.Param`` (all of them, or only ``fc``'s when frozen) and w.r.t. the input, then, if ``lr > 0``, one
     step of a fresh ``nnx.Optimizer`` (zero momentum) with :func:`sgd` over the trainable parameters — or
-    ``steps`` steps on this batch with that one optimiser, in the same compiled program (logits, loss and
-    gradients returned are the first step's). The model's train/eval flags are restored afterwards. A failed step (e.g. one value per channel in
+    ``steps`` steps on this batch with that one optimiser, each a call of the same compiled program
+    (logits, loss and gradients returned are the first step's). The model's train/eval flags are restored afterwards. A failed step (e.g. one value per channel in
     train mode: ``ValueError`` "Expected more than 1 value per channel when training", raised while
     tracing) changes nothing.
 
@@ -97,14 +100,17 @@ def train_step_numpy(model: nnx.Module, x: np.ndarray, labels: Sequence[int] | n
                          f"{type(model).__name__}")
     target = check_labels(labels, int(array.shape[0]), int(classes)).astype(np.int32)  # int32: fits, with or without x64
     inputs = jnp.asarray(array, dtype)
-    hyper = jnp.asarray([lr, momentum, weight_decay], dtype)  # traced: new values never recompile
+    labels_on_device = from_host(target)
+    optimizer = None if not lr > 0 else nnx.Optimizer(
+        model, _transformation(float(lr), float(momentum), float(weight_decay)), wrt=trainable_filter(model))
 
     saved = _modes(model)
     try:
         for module, _ in saved:  # = model.train(), without a second traversal; frozen BN stays in eval
             module.use_running_average = False
-        logits, loss, flat, input_grad = _jitted_step(model, inputs, from_host(target), hyper, apply=lr > 0,
-                                                      steps=int(steps))
+        logits, loss, flat, input_grad = _jitted_step(model, optimizer, inputs, labels_on_device)
+        for _ in range(int(steps) - 1):  # the same compiled program; the optimiser carries its momentum
+            _jitted_step(model, optimizer, inputs, labels_on_device)
     finally:
         for module, flag in saved:
             module.use_running_average = flag
