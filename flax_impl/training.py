@@ -21,13 +21,14 @@ import optax
 from flax import nnx
 
 from common.spec.ir import NetworkSpec
-from common.weights.porting import to_canonical
+from common.weights.porting import running_statistics, to_canonical
 
 from common.runtime.checks import check_input, check_labels, check_step_hyperparameters
 
 from .bridge import _modes, model_dtype
 from .layers import from_host
 from .transfer import trainable_filter
+from .weights import export_weights
 
 
 def sgd(lr: Any, momentum: Any, weight_decay: Any) -> optax.GradientTransformation:
@@ -109,6 +110,7 @@ def train_step_numpy(model: nnx.Module, x: np.ndarray, labels: Sequence[int] | n
         for module, _ in saved:  # = model.train(), without a second traversal; frozen BN stays in eval
             module.use_running_average = False
         logits, loss, flat, input_grad = _jitted_step(model, optimizer, inputs, labels_on_device)
+        first_buffers = running_statistics(export_weights(model))  # the optimiser never touches them
         for _ in range(int(steps) - 1):  # the same compiled program; the optimiser carries its momentum
             _jitted_step(model, optimizer, inputs, labels_on_device)
     finally:
@@ -116,7 +118,8 @@ def train_step_numpy(model: nnx.Module, x: np.ndarray, labels: Sequence[int] | n
             module.use_running_average = flag
 
     grads = to_canonical(spec, "flax", {key: np.asarray(value) for key, value in flat.items()}, partial=True)
-    return {"logits": np.asarray(logits), "loss": float(loss), "grads": grads, "input_grad": np.asarray(input_grad)}
+    return {"logits": np.asarray(logits), "loss": float(loss), "grads": grads, "input_grad": np.asarray(input_grad),
+            "buffers": first_buffers}
 
 
 __all__ = ["sgd", "train_step_numpy"]

@@ -18,10 +18,10 @@ import numpy as np
 from keras import ops
 
 from common.runtime.checks import check_input, check_labels, check_step_hyperparameters
-from common.weights.porting import to_canonical
+from common.weights.porting import running_statistics, to_canonical
 
 from . import _autodiff
-from .weights import keras_variables
+from .weights import export_weights, keras_variables
 
 
 def _check_input(model: keras.Model, x: object, dtype: str) -> np.ndarray:
@@ -132,6 +132,8 @@ def train_step_numpy(model: keras.Model, x: np.ndarray, labels: Sequence[int] | 
         # The forward succeeded: keep its BatchNorm updates (running stats, num_batches_tracked).
         for variable, value in zip(non_trainable, state):
             variable.assign(value)
+        if step == 0:
+            first_buffers = running_statistics(export_weights(model))
         if lr > 0 and trainable:
             if update is None:
                 update = _autodiff.update_function(
@@ -145,6 +147,7 @@ def train_step_numpy(model: keras.Model, x: np.ndarray, labels: Sequence[int] | 
         "loss": float(ops.convert_to_numpy(loss)),
         "grads": to_canonical(spec, "keras", framework, partial=True),
         "input_grad": np.array(ops.convert_to_numpy(input_grad)),
+        "buffers": first_buffers,
     }
 
 

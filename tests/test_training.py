@@ -174,7 +174,7 @@ def test_float32_criterion_catches(model, bug):
                 else:
                     continue
                 changed[key] = new.astype(after[key].dtype)
-        bad = _mutated(honest, after=changed)
+        bad = _mutated(honest, after=changed, buffers=changed)
     for run, should_pass in ((honest, True), (bad, False)):
         rows = [r for r in compare_train_runs(spec, "float32", "torch", run, "float64", reference)
                 if is_continuous(r.quantity)] + _float32_rows(model, False, {"torch": run}, steps)

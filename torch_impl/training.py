@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.runtime.checks import check_input, check_labels, check_step_hyperparameters
-from common.weights.porting import to_canonical
+from common.weights.porting import running_statistics, to_canonical
 
 from .bridge import _device, model_dtype
-from .weights import _unwrap
+from .weights import _unwrap, export_weights
 
 
 def train_step_numpy(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np.ndarray, lr: float = 0.0,
@@ -64,6 +64,7 @@ def train_step_numpy(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np
             module.training = training
 
     param_grads, input_grad = grads[:-1], grads[-1]
+    first_buffers = running_statistics(export_weights(model))
     if lr > 0 and trainable:
         saved = [p.grad for _, p in trainable]
         optimizer = torch.optim.SGD([p for _, p in trainable], lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -89,4 +90,5 @@ def train_step_numpy(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np
 
     canonical = to_canonical(spec, "torch", {name: numpy(g) for (name, _), g in zip(trainable, param_grads)},
                              partial=True)
-    return {"logits": numpy(logits), "loss": float(loss.detach()), "grads": canonical, "input_grad": numpy(input_grad)}
+    return {"logits": numpy(logits), "loss": float(loss.detach()), "grads": canonical, "input_grad": numpy(input_grad),
+            "buffers": first_buffers}

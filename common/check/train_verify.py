@@ -33,7 +33,7 @@ class TrainResult(WithinBound):
     dtype: str
     a: str
     b: str
-    quantity: str  # forward | loss | input_grad | grad:<group> | weights:<group> | buffers:<group> | num_batches_tracked
+    quantity: str  # forward | loss | input_grad | grad:<group> | weights:<group> | buffers[@last]:<group> | num_batches_tracked
     worst_key: str
     max_abs: float
     max_rel: float
@@ -41,7 +41,10 @@ class TrainResult(WithinBound):
     criterion: str = "elementwise"  # or "norm+kinks" (see the module docstring)
 
 
-#: The float32 quantities judged elementwise; gradients and post-step weights are judged norm-wise.
+#: The float32 quantities judged elementwise; gradients and post-step weights are judged norm-wise. The
+#: BatchNorm statistics are compared after the first step (``buffers:``): after the second
+#: (``buffers@last:``, float64 only) they depend on weights the first step's float32 kinks moved (measured:
+#: 2.6e-5 elementwise on one seed of the V2 problem).
 CONTINUOUS = ("forward", "loss", "num_batches_tracked")  # and every "buffers:<group>"
 #: The float64 reference run (float64 runs agree to 1e-12, which the float64 rows check): torch's if run.
 REFERENCE = "float64"
@@ -243,8 +246,11 @@ def compare_train_runs(spec, dtype: str, la: str, ra: dict, lb: str, rb: dict) -
     for g, (key, max_abs, rel) in _grouped(ra["after"], rb["after"], trained).items():
         add(f"weights:{g}", key, max_abs, rel)
     stats = [k for k, p in params.items() if p.role in ("running_mean", "running_var")]
-    for g, (key, max_abs, rel) in _grouped(ra["after"], rb["after"], stats).items():
-        add(f"buffers:{g}", key, max_abs, rel)
+    for g, (key, max_abs, rel) in _grouped(ra["buffers"], rb["buffers"], stats).items():
+        add(f"buffers:{g}", key, max_abs, rel)  # after the first step: continuous in the data
+    if dtype != "float32":  # after the last: in float32 they inherit the first step's kinks through the weights
+        for g, (key, max_abs, rel) in _grouped(ra["after"], rb["after"], stats).items():
+            add(f"buffers@last:{g}", key, max_abs, rel)
     counters = [k for k, p in params.items() if p.role == "num_batches_tracked"]
     bad = [k for k in counters if int(ra["after"][k]) != int(rb["after"][k])]
     add("num_batches_tracked", bad[0] if bad else "all equal", float(len(bad)), float("inf") if bad else 0.0)

@@ -197,3 +197,9 @@ def without_head(weights: Mapping[str, np.ndarray], head: str = "fc") -> tuple[d
     """
     removed = tuple(k for k in weights if k.split(".", 1)[0] == head)
     return {k: v for k, v in weights.items() if k not in removed}, removed
+
+
+def running_statistics(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The BatchNorm running statistics and counters among canonical ``weights`` (what a train step's
+    forward updates)."""
+    return {k: v for k, v in weights.items() if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
