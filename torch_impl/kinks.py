@@ -7,11 +7,21 @@ there, and so changes the gradient of every parameter *before* it (and of the in
 back through the network. No implementation choice avoids this; it is what float32 means for these nets.
 
 :func:`kink_allowance` measures it in float64 for one problem: the elements within ``tau`` of a kink
-(relative to their layer's largest |value|), each one's possible re-routing (its upstream gradient, at a
-ReLU; the window's upstream gradient moved between the two near-tied values, at a max pool), summed with
-random signs and pushed back through the network in one backward pass per draw. The allowance of each
-tensor is the largest norm over the draws. It is zero for tensors no kink lies behind (the classifier,
-mostly the last stage) — there the float32 criterion is rounding alone.
+(relative to their layer's largest |value|) and each one's rerouting ``v_e`` — the change if float32 flips
+it: a ReLU element float64 passes is blocked (−its upstream gradient), one it blocks is passed (+it); a
+max-pool window's upstream gradient moves to its near-tied runner-up. Which elements a float32 run flips is
+a matter of rounding: a random subset, element ``e`` with some probability ``p_e``. The change it makes to a
+tensor, ``X = Σ b_e J_e v_e`` pushed back through the network, has
+
+    E‖X‖² = ‖Σ p_e J_e v_e‖² + Σ p_e (1 − p_e) ‖J_e v_e‖²  ≤  max(A, B),
+    A = ‖Σ J_e v_e‖² (every element flipped),  B = Σ ‖J_e v_e‖²
+
+(for one common ``p``; coherent reroutings make ``A`` the larger, cancelling ones ``B``). ``A`` is one
+backward pass; ``B`` is the mean of ‖Σ ε_e J_e v_e‖² over draws of random signs ``ε`` (an unbiased
+estimate), one backward pass per draw. The allowance of a tensor is ``SPREAD · √max(A, B)``: a tail bound,
+not the largest of a few draws (the largest of 8 draws is exceeded by a 9th one time in 9). It is zero for
+tensors no kink lies behind (the classifier, mostly the last stage) — there the float32 criterion is
+rounding alone.
 """
 
 from __future__ import annotations
@@ -53,13 +63,50 @@ def _near_tie_routes(pool: nn.MaxPool2d, y: torch.Tensor, u: torch.Tensor, tau: 
     return routes.reshape(n, c, h, w), int(near.sum())
 
 
-def _gradients(net: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
-    """Train-mode gradients of the trainable parameters, on a copy (the BatchNorm buffers stay as they are)."""
-    net = copy.deepcopy(net)
+def _gradients(net: nn.Module, params: dict[str, torch.Tensor], inputs: torch.Tensor, target: torch.Tensor
+               ) -> list[torch.Tensor]:
+    """Train-mode gradients at ``params`` (name → tensor, the trainable ones), the rest of ``net`` as it is.
+    The BatchNorm buffers a train-mode forward updates in place are fresh copies: ``net`` is not modified."""
+    leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
+    buffers = {name: b.clone() for name, b in net.named_buffers()}
+    was_training = net.training
     net.train()
-    params = [p for p in net.parameters() if p.requires_grad]
-    with torch.enable_grad():
-        return list(torch.autograd.grad(F.cross_entropy(net(inputs), target), params))
+    try:
+        with torch.enable_grad():
+            logits = torch.func.functional_call(net, {**leaves, **buffers}, (inputs,))
+            return list(torch.autograd.grad(F.cross_entropy(logits, target), list(leaves.values())))
+    finally:
+        net.train(was_training)
+
+
+#: The allowance in root-mean-square units of the flips' change (module docstring): 3, because a sum of
+#: many independent flips is near-Gaussian (beyond 3 σ: 0.3 % of runs for a one-element tensor, far less
+#: for larger ones) and ``B``'s estimate from 7 draws is itself uncertain by up to ±27 % (one element).
+SPREAD = 3.0
+
+
+class _SecondMoment:
+    """Per tensor: ``A`` (the all-flips draw's squared norm) and the sign draws' mean squared norm ``B``."""
+
+    def __init__(self, n: int) -> None:
+        self.all_flips, self.signs, self.draws = [0.0] * n, [0.0] * n, 0
+
+    def add(self, norms: Sequence[float], all_flips: bool) -> None:
+        if all_flips:
+            self.all_flips = [v * v for v in norms]
+        else:
+            self.signs = [s + v * v for s, v in zip(self.signs, norms)]
+            self.draws += 1
+
+    def allowance(self) -> list[float]:
+        return [SPREAD * float(np.sqrt(max(a, s / max(self.draws, 1)))) for a, s in zip(self.all_flips, self.signs)]
+
+
+def _draws(reroutes: list[torch.Tensor], count: int, rng: torch.Generator):
+    """(all_flips, reroutings) per draw: every element flipped, then ``count - 1`` draws of random signs."""
+    yield True, list(reroutes)
+    for _ in range(count - 1):
+        yield False, [r * (torch.randint(0, 2, r.shape, generator=rng, dtype=r.dtype) * 2 - 1) for r in reroutes]
 
 
 def kink_allowance(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np.ndarray, tau: float = 1e-5,
@@ -74,7 +121,7 @@ def kink_allowance(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np.n
 
     With ``carry_to`` (the same network at the weights the next step starts from), also ``"carried"``:
     how far the next step's gradients move when that step starts from weights that the kinks of this one
-    moved, by ``-lr`` times each draw's rerouted gradient (evaluated in float64, max over the draws).
+    moved, by ``-lr`` times each draw's rerouted gradient (evaluated in float64; the same statistic).
     """
     network = _unwrap(model)
     if next(network.parameters()).dtype != torch.float64:
@@ -110,7 +157,7 @@ def kink_allowance(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np.n
         if isinstance(module, nn.ReLU):
             z = before.detach()
             near = (z.abs() <= tau * float(z.abs().max())) & (z != 0)  # exact zeros are zeros in float32 too
-            reroutes.append(after.grad * near)
+            reroutes.append(after.grad * near * torch.where(z > 0, -1.0, 1.0).to(z.dtype))  # passed ↔ blocked
             count += int(near.sum())
         else:
             routes, n = _near_tie_routes(module, before, after.grad, tau)
@@ -119,27 +166,24 @@ def kink_allowance(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np.n
         sources.append(before)
 
     targets = [p for _, p in trainable] + [inputs]
-    worst = [0.0] * len(targets)
-    carried = [0.0] * len(trainable)
+    moments, carried = _SecondMoment(len(targets)), _SecondMoment(len(trainable))
     if carry_to is not None:
         carry_from = _unwrap(carry_to)
+        start = {name: p for name, p in carry_from.named_parameters() if p.requires_grad}
         next_inputs = inputs.detach()
-        next_grads = _gradients(carry_from, next_inputs, target)
+        next_grads = _gradients(carry_from, start, next_inputs, target)
     rng = torch.Generator().manual_seed(seed)
-    for _ in range(draws if count else 0):
-        signed = [r * (torch.randint(0, 2, r.shape, generator=rng, dtype=torch.float64) * 2 - 1) for r in reroutes]
-        moved = torch.autograd.grad(sources, targets, signed, retain_graph=True, allow_unused=True)
-        worst = [max(w, float(m.norm()) if m is not None else 0.0) for w, m in zip(worst, moved)]
+    for all_flips, flips in (_draws(reroutes, draws, rng) if count else []):
+        moved = torch.autograd.grad(sources, targets, flips, retain_graph=True, allow_unused=True)
+        moments.add([float(m.norm()) if m is not None else 0.0 for m in moved], all_flips)
         if carry_to is not None:
-            shifted = copy.deepcopy(carry_from)
-            with torch.no_grad():
-                for p, m in zip((p for p in shifted.parameters() if p.requires_grad), moved[:-1]):
-                    if m is not None:
-                        p -= lr * m
-            changed = _gradients(shifted, next_inputs, target)
-            carried = [max(c, float((a - b).norm())) for c, a, b in zip(carried, changed, next_grads)]
-    found: dict[str, object] = {"grads": {name: w for (name, _), w in zip(trainable, worst)},
-                                "input_grad": worst[-1], "elements": count}
+            shifted = {name: p.detach() - lr * m if m is not None else p.detach()
+                       for (name, p), m in zip(start.items(), moved[:-1])}
+            changed = _gradients(carry_from, shifted, next_inputs, target)
+            carried.add([float((a - b).norm()) for a, b in zip(changed, next_grads)], all_flips)
+    allowed = moments.allowance()
+    found: dict[str, object] = {"grads": {name: a for (name, _), a in zip(trainable, allowed)},
+                                "input_grad": allowed[-1], "elements": count}
     if carry_to is not None:
-        found["carried"] = {name: c for (name, _), c in zip(trainable, carried)}
+        found["carried"] = {name: c for (name, _), c in zip(trainable, carried.allowance())}
     return found
