@@ -43,16 +43,36 @@ def _is_keras(value: object) -> bool:
 FRAMEWORK_PARAMS = ("framework", "a", "b", "pair")
 
 
+#: The parties another pytest run computes side by side with this one (comma-separated; ``.ci/test`` sets
+#: it for the Keras re-run on torch, which runs beside the one on JAX): tests needing them go last.
+CONCURRENT_ENV = "GROUPNETS_CONCURRENT_PARTIES"
+
+
+def _names_party(value: object, parties: tuple[str, ...]) -> bool:
+    if isinstance(value, str):
+        return value in parties
+    return isinstance(value, tuple) and any(_names_party(v, parties) for v in value)
+
+
 def pytest_collection_modifyitems(config, items):
     """A test parametrised with a Keras framework or party is marked ``keras``: ``.ci/test`` re-runs those
     under every Keras backend, unless it is marked ``backend_neutral`` (it uses Keras, but what it proves
-    is Keras' own Python: file layouts, the layer-graph walk), which runs on the default backend only."""
+    is Keras' own Python: file layouts, the layer-graph walk), which runs on the default backend only.
+
+    Tests that need a party a side-by-side run is still computing (:data:`CONCURRENT_ENV`) move to the end,
+    in their order, so they wait for its entries as little as possible (``store.PRODUCING``)."""
     for item in items:
         callspec = getattr(item, "callspec", None)
         if item.get_closest_marker("backend_neutral") or callspec is None:
             continue
         if any(_is_keras(callspec.params[name]) for name in FRAMEWORK_PARAMS if name in callspec.params):
             item.add_marker(pytest.mark.keras)
+    concurrent = tuple(p for p in os.environ.get(CONCURRENT_ENV, "").split(",") if p)
+    if concurrent:
+        def needs_concurrent(item) -> bool:
+            params = getattr(getattr(item, "callspec", None), "params", {})
+            return any(_names_party(params[name], concurrent) for name in FRAMEWORK_PARAMS if name in params)
+        items.sort(key=needs_concurrent)  # stable: False (needs nothing from the other run) first
 
 
 def _model_of(item) -> tuple[str, object]:
@@ -116,7 +136,7 @@ def pytest_runtest_teardown(item, nextitem):
 def pytest_sessionfinish(session):
     """Each worker's frees and peak memory, for ``.ci/test``'s summary (only with a test store)."""
     import store
-    root = store.directory()
-    if root is not None and _peak_rss:
-        with open(root / MEMORY_LOG, "a") as log:
+    path = store.log_file(MEMORY_LOG)
+    if path is not None and _peak_rss:
+        with open(path, "a") as log:
             log.write(f"{len(_frees)}\t{sum(_frees):.1f}\t{_peak_rss / 2**30:.2f}\n")

@@ -85,6 +85,11 @@ def _party(name: str) -> str:
     return keras_party() if name == "keras" else name
 
 
+def _producer(party: str) -> str | None:
+    """The party, if another process computes its entries (another Keras backend): see ``store.cached``."""
+    return party if party.startswith("keras[") and party != keras_party() else None
+
+
 #: The entry of :func:`network_outputs` that holds the framework's own trainable-parameter count (not a tap).
 TRAINABLE = "__trainable_parameters__"
 
@@ -163,7 +168,7 @@ def network_outputs(framework: str, model: str, dtype: str, size: tuple[int, int
         outputs = run_framework(_framework(party), spec, weights, x, dtype, taps=True, on_model=count)
         return {**outputs, **counted}
 
-    return store.cached(key, compute)
+    return store.cached(key, compute, _producer(party))
 
 
 def primitive_output(framework: str, node: object, x_shape: tuple[int, ...], dtype: str,
@@ -179,7 +184,7 @@ def primitive_output(framework: str, node: object, x_shape: tuple[int, ...], dty
         x = random_input(x_shape, seed + 1, "float64")
         return {"output": run_framework(_framework(party), node, weights, x, dtype)["output"]}
 
-    return store.cached(key, compute)["output"]
+    return store.cached(key, compute, _producer(party))["output"]
 
 
 def assert_close(a: np.ndarray, b: np.ndarray, dtype: str, what: str) -> tuple[float, float]:
@@ -309,4 +314,4 @@ def train_outputs(framework: str, model: str, dtype: str, freeze: bool = False, 
         out = run_train_step(_framework(party), spec, weights, x, labels, dtype, *TRAIN_HYPER, freeze, steps)
         return store.flatten(out)
 
-    return store.unflatten(store.cached(key, compute))
+    return store.unflatten(store.cached(key, compute, _producer(party)))

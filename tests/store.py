@@ -23,6 +23,15 @@ from pathlib import Path
 import numpy as np
 
 ENV = "GROUPNETS_TEST_STORE"
+#: Where this pytest run writes its logs (below); by default the store itself. ``.ci/test`` gives each of its
+#: runs its own directory, since two of them run side by side.
+LOG_ENV = "GROUPNETS_RUN_LOGS"
+#: A file ``producing-<party>`` in the store: another pytest run, side by side with this one, is computing
+#: that party's entries (``.ci/test`` runs the Keras re-runs on JAX and torch at once). A test that needs
+#: such an entry waits until it is written, instead of failing for an entry this process cannot compute;
+#: once the marker is gone (that run ended) a missing entry fails as before.
+PRODUCING = "producing-{}"
+POLL_SECONDS = 0.5
 #: Where a worker notes each wait for an entry another worker was computing (``.ci/test`` sums it): idle
 #: CPU that a better test order would recover.
 WAIT_LOG = "waits.tsv"
@@ -39,6 +48,23 @@ MEMO_ENTRIES = 64
 def directory() -> Path | None:
     value = os.environ.get(ENV)
     return Path(value) if value else None
+
+
+def log_file(name: str) -> Path | None:
+    """This run's log ``name`` (:data:`LOG_ENV`, else the store), or None without a store."""
+    root = directory()
+    if root is None:
+        return None
+    logs = Path(os.environ.get(LOG_ENV) or root)
+    logs.mkdir(parents=True, exist_ok=True)
+    return logs / name
+
+
+def _log(name: str, line: str) -> None:
+    path = log_file(name)
+    if path is not None:
+        with open(path, "a") as log:
+            log.write(line)
 
 
 def _name(key: tuple) -> str:
@@ -80,8 +106,22 @@ def _write(path: Path, entry: Mapping[str, np.ndarray]) -> None:
     os.replace(tmp, path)  # readers never see a half-written entry
 
 
-def cached(key: tuple, compute: Callable[[], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """``compute()`` once per run for ``key`` (any tuple of plain values), shared through the store."""
+def _await_producer(path: Path, root: Path, producer: str) -> None:
+    """Wait while a side-by-side run (:data:`PRODUCING`) has yet to write ``path``."""
+    marker, asked = root / PRODUCING.format(producer), time.perf_counter()
+    while not path.exists() and marker.exists():
+        time.sleep(POLL_SECONDS)
+    waited = time.perf_counter() - asked
+    if waited > WAIT_WORTH_LOGGING:
+        _log(WAIT_LOG, f"{waited:.2f}\t{path.stem}\t(from the {producer} run)\n")
+
+
+def cached(key: tuple, compute: Callable[[], Mapping[str, np.ndarray]], producer: str | None = None
+           ) -> dict[str, np.ndarray]:
+    """``compute()`` once per run for ``key`` (any tuple of plain values), shared through the store.
+
+    ``producer``: the party whose entry this is when another process computes it (a Keras backend other
+    than this process's): waited for while that run is :data:`PRODUCING` it."""
     name, root = _name(key), directory()
     if root is None:
         if name not in _memo:
@@ -91,6 +131,8 @@ def cached(key: tuple, compute: Callable[[], Mapping[str, np.ndarray]]) -> dict[
         _memo[name] = _memo.pop(name)  # most recently used last
         return _memo[name]
     path = root / f"{name}.npz"
+    if producer is not None:
+        _await_producer(path, root, producer)
     with open(root / f"{name}.lock", "w") as lock:
         asked = time.perf_counter()
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also on an exception
@@ -98,11 +140,9 @@ def cached(key: tuple, compute: Callable[[], Mapping[str, np.ndarray]]) -> dict[
         if not path.exists():
             cpu0, wall0 = time.process_time(), time.perf_counter()
             _write(path, {k: np.asarray(v) for k, v in compute().items()})
-            with open(root / COMPUTE_LOG, "a") as log:
-                log.write(f"{time.process_time() - cpu0:.2f}\t{time.perf_counter() - wall0:.2f}\t{name}\n")
+            _log(COMPUTE_LOG, f"{time.process_time() - cpu0:.2f}\t{time.perf_counter() - wall0:.2f}\t{name}\n")
         elif waited > WAIT_WORTH_LOGGING:  # another worker was computing it: this one sat idle
-            with open(root / WAIT_LOG, "a") as log:
-                log.write(f"{waited:.2f}\t{name}\n")
+            _log(WAIT_LOG, f"{waited:.2f}\t{name}\n")
     return _read(path)  # reading a few MB back costs milliseconds; no second copy is kept in memory
 
 
