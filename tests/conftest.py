@@ -32,10 +32,15 @@ def backend(framework):
     return import_backend(framework)
 
 
-def _is_keras(value: object) -> bool:
+def _names(value: object, matches) -> bool:
+    """Whether a framework parameter (a name, or a tuple of names such as a pair) holds a name ``matches``."""
     if isinstance(value, str):
-        return value == "keras" or value.startswith("keras[")
-    return isinstance(value, tuple) and any(_is_keras(v) for v in value)
+        return matches(value)
+    return isinstance(value, tuple) and any(_names(v, matches) for v in value)
+
+
+def _is_keras(value: object) -> bool:
+    return _names(value, lambda name: name == "keras" or name.startswith("keras["))
 
 
 #: Parameters that name the framework(s) or parties a test runs. Other parameters may hold the word
@@ -46,12 +51,6 @@ FRAMEWORK_PARAMS = ("framework", "a", "b", "pair")
 #: The parties another pytest run computes side by side with this one (comma-separated; ``.ci/test`` sets
 #: it for the Keras re-run on torch, which runs beside the one on JAX): tests needing them go last.
 CONCURRENT_ENV = "GROUPNETS_CONCURRENT_PARTIES"
-
-
-def _names_party(value: object, parties: tuple[str, ...]) -> bool:
-    if isinstance(value, str):
-        return value in parties
-    return isinstance(value, tuple) and any(_names_party(v, parties) for v in value)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -71,7 +70,7 @@ def pytest_collection_modifyitems(config, items):
     if concurrent:
         def needs_concurrent(item) -> bool:
             params = getattr(getattr(item, "callspec", None), "params", {})
-            return any(_names_party(params[name], concurrent) for name in FRAMEWORK_PARAMS if name in params)
+            return any(_names(params[name], concurrent.__contains__) for name in FRAMEWORK_PARAMS if name in params)
         items.sort(key=needs_concurrent)  # stable: False (needs nothing from the other run) first
 
 
