@@ -36,6 +36,7 @@ from torch import nn
 
 from common.runtime.checks import check_input, check_labels
 
+from .training import per_process_forward
 from .weights import _unwrap
 
 
@@ -63,8 +64,8 @@ def _near_tie_routes(pool: nn.MaxPool2d, y: torch.Tensor, u: torch.Tensor, tau: 
     return routes.reshape(n, c, h, w), int(near.sum())
 
 
-def _gradients(net: nn.Module, params: dict[str, torch.Tensor], inputs: torch.Tensor, target: torch.Tensor
-               ) -> list[torch.Tensor]:
+def _gradients(net: nn.Module, params: dict[str, torch.Tensor], inputs: torch.Tensor, target: torch.Tensor,
+               shards: int = 1) -> list[torch.Tensor]:
     """Train-mode gradients at ``params`` (name → tensor, the trainable ones), the rest of ``net`` as it is.
     The BatchNorm buffers a train-mode forward updates in place are fresh copies: ``net`` is not modified."""
     leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
@@ -73,7 +74,13 @@ def _gradients(net: nn.Module, params: dict[str, torch.Tensor], inputs: torch.Te
     net.train()
     try:
         with torch.enable_grad():
-            logits = torch.func.functional_call(net, {**leaves, **buffers}, (inputs,))
+            if shards == 1:
+                logits = torch.func.functional_call(net, {**leaves, **buffers}, (inputs,))
+            else:  # per_process_forward leaves the buffers as rank 0's: put them back
+                logits = per_process_forward(net, inputs, shards, leaves)
+                with torch.no_grad():
+                    for name, buffer in net.named_buffers():
+                        buffer.copy_(buffers[name])
             return list(torch.autograd.grad(F.cross_entropy(logits, target), list(leaves.values())))
     finally:
         net.train(was_training)
@@ -110,8 +117,8 @@ def _draws(reroutes: list[torch.Tensor], count: int, rng: torch.Generator):
 
 
 def kink_allowance(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np.ndarray, tau: float = 1e-5,
-                   draws: int = 8, seed: int = 0, carry_to: nn.Module | None = None, lr: float = 0.0
-                   ) -> dict[str, object]:
+                   draws: int = 8, seed: int = 0, carry_to: nn.Module | None = None, lr: float = 0.0,
+                   shards: int = 1) -> dict[str, object]:
     """Per canonical parameter key (trainable ones) and for the input, the norm by which a float32 train
     step's gradient may differ from this float64 model's through kinks alone (see the module docstring).
 
@@ -122,6 +129,9 @@ def kink_allowance(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np.n
     With ``carry_to`` (the same network at the weights the next step starts from), also ``"carried"``:
     how far the next step's gradients move when that step starts from weights that the kinks of this one
     moved, by ``-lr`` times each draw's rerouted gradient (evaluated in float64; the same statistic).
+
+    ``shards > 1``: the problem of that many DistributedDataParallel processes on CPU
+    (:func:`torch_impl.training.per_process_forward`: per-process BatchNorm statistics).
     """
     network = _unwrap(model)
     if next(network.parameters()).dtype != torch.float64:
@@ -143,7 +153,7 @@ def kink_allowance(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np.n
     hooks = [m.register_forward_hook(record) for m in net.modules() if isinstance(m, (nn.ReLU, nn.MaxPool2d))]
     net.train()
     try:
-        logits = net(inputs)
+        logits = per_process_forward(net, inputs, shards)
         target = torch.as_tensor(check_labels(labels, int(logits.shape[0]), int(logits.shape[1])))
         F.cross_entropy(logits, target).backward(retain_graph=True)
     finally:
@@ -171,7 +181,7 @@ def kink_allowance(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np.n
         carry_from = _unwrap(carry_to)
         start = {name: p for name, p in carry_from.named_parameters() if p.requires_grad}
         next_inputs = inputs.detach()
-        next_grads = _gradients(carry_from, start, next_inputs, target)
+        next_grads = _gradients(carry_from, start, next_inputs, target, shards)
     rng = torch.Generator().manual_seed(seed)
     for all_flips, flips in (_draws(reroutes, draws, rng) if count else []):
         moved = torch.autograd.grad(sources, targets, flips, retain_graph=True, allow_unused=True)
@@ -179,7 +189,7 @@ def kink_allowance(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np.n
         if carry_to is not None:
             shifted = {name: p.detach() - lr * m if m is not None else p.detach()
                        for (name, p), m in zip(start.items(), moved[:-1])}
-            changed = _gradients(carry_from, shifted, next_inputs, target)
+            changed = _gradients(carry_from, shifted, next_inputs, target, shards)
             carried.add([float((a - b).norm()) for a, b in zip(changed, next_grads)], all_flips)
     allowed = moments.allowance()
     found: dict[str, object] = {"grads": {name: a for (name, _), a in zip(trainable, allowed)},

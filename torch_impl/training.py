@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -17,8 +17,36 @@ from .bridge import _device, model_dtype
 from .weights import _unwrap, export_weights
 
 
+def per_process_forward(network: nn.Module, inputs: torch.Tensor, shards: int,
+                        params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """The train-mode forward of ``shards`` DistributedDataParallel processes on CPU, in one process.
+
+    Each process normalises with the BatchNorm statistics of its own part of the batch (torch's
+    ``SyncBatchNorm`` refuses CPU tensors), so each of ``shards`` equal parts is forwarded on its own, from
+    the same BatchNorm buffers, and the logits are concatenated: with equal parts, the mean loss over all
+    samples has the gradient DDP's averaging gives. The buffers end as the first part's — rank 0's, which
+    DDP broadcasts to every process at its next forward. ``params`` (name → tensor) replace the module's
+    own, as ``torch.func.functional_call`` does; ``shards=1`` is the plain forward.
+    """
+    if shards == 1 and params is None:
+        return network(inputs)
+    if inputs.shape[0] % shards:
+        raise ValueError(f"a batch of {inputs.shape[0]} does not split into {shards} equal per-process parts")
+    start = {name: b.detach().clone() for name, b in network.named_buffers()}
+    outputs, first = [], None
+    for part in inputs.chunk(shards):
+        own = {name: b.clone() for name, b in start.items()}  # updated in place by this part's forward
+        outputs.append(torch.func.functional_call(network, {**(params or {}), **own}, (part,)))
+        first = own if first is None else first
+    with torch.no_grad():
+        for name, buffer in network.named_buffers():
+            buffer.copy_(first[name])
+    return torch.cat(outputs)
+
+
 def train_step_numpy(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np.ndarray, lr: float = 0.0,
-                     momentum: float = 0.9, weight_decay: float = 0.0, steps: int = 1) -> dict[str, object]:
+                     momentum: float = 0.9, weight_decay: float = 0.0, steps: int = 1, shards: int = 1
+                     ) -> dict[str, object]:
     """One train-mode step on NumPy data (NCHW ``x``, integer ``labels``).
 
     Forward in train mode (BatchNorm: batch statistics, running statistics updated by PyTorch's rule —
@@ -32,10 +60,16 @@ def train_step_numpy(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np
     as they were; the module train/eval flags are restored; if the forward raises (e.g. one value per
     channel in train mode: ``ValueError``), the BatchNorm buffers it had already updated are restored too.
 
+    ``shards > 1``: the step of that many DistributedDataParallel processes on CPU, each with an equal part
+    of the batch (:func:`per_process_forward`: per-process BatchNorm statistics, rank 0's buffers kept) —
+    the one-process reference of a DDP step.
+
     Returns ``{"logits": (N, classes), "loss": float, "grads": canonical-key dict (trainable parameters
     only), "input_grad": NCHW}``, all NumPy.
     """
     check_step_hyperparameters(lr, momentum, weight_decay, steps)  # before the forward touches any BN buffer
+    if not (isinstance(shards, int) and shards >= 1):
+        raise ValueError(f"shards must be a positive integer, got {shards!r}")
     network = _unwrap(model)
     spec = network.spec
     array = check_input(x, spec, channels_last=False, backend="torch_impl")
@@ -48,7 +82,7 @@ def train_step_numpy(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np
     model.train()  # Network.train keeps a frozen backbone's BatchNorm in eval mode
     try:
         with torch.enable_grad():
-            logits = model(inputs)
+            logits = model(inputs) if shards == 1 else per_process_forward(network, inputs, shards)
             if logits.ndim != 2:
                 raise ValueError(f"train_step_numpy needs (N, classes) logits, got shape {tuple(logits.shape)}")
             target = torch.as_tensor(check_labels(labels, int(logits.shape[0]), int(logits.shape[1]))).to(logits.device)
@@ -74,7 +108,9 @@ def train_step_numpy(model: nn.Module, x: np.ndarray, labels: Sequence[int] | np
                 if step:  # the next step's gradients, at the stepped weights (inputs and labels as before)
                     model.train()
                     with torch.enable_grad():
-                        step_grads = torch.autograd.grad(F.cross_entropy(model(inputs.detach()), target),
+                        again = inputs.detach()
+                        step_logits = model(again) if shards == 1 else per_process_forward(network, again, shards)
+                        step_grads = torch.autograd.grad(F.cross_entropy(step_logits, target),
                                                          [p for _, p in trainable])
                 for (_, p), g in zip(trainable, step_grads):
                     p.grad = g.detach().clone()

@@ -16,8 +16,15 @@ from common.weights.porting import LoadReport, to_canonical, to_framework
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The module itself, also for a ``torch.compile`` wrapper (whose keys carry ``_orig_mod.``)."""
-    return getattr(model, "_orig_mod", model)
+    """The module itself, also inside a ``torch.compile`` wrapper (whose keys carry ``_orig_mod.``) or a
+    ``DistributedDataParallel`` / ``DataParallel`` one (``module.``), however nested."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def _to_numpy(value: object) -> np.ndarray:

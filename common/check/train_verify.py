@@ -99,15 +99,19 @@ def _grouped(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], keys: Seq
 
 
 def run_train_step(framework: str, spec, weights, x_nchw, labels, dtype, lr, momentum, weight_decay,
-                   freeze: bool, steps: int = 1) -> dict:
+                   freeze: bool, steps: int = 1, shards: int = 1, **options) -> dict:
+    """``train_step_numpy`` of ``framework`` on a fresh model; ``shards > 1`` (torch only): the one-process
+    reference of that many DistributedDataParallel processes (per-process BatchNorm statistics);
+    ``options``: the backend's own (flax: ``mesh``)."""
     backend = load_backend(framework)
+    extra = dict(options) if shards == 1 else {**options, "shards": shards}
     model = backend.build(spec, dtype=dtype, weights=weights)
     if freeze:
         backend.freeze_backbone(model)
     channels_last = backend.DATA_FORMAT != "channels_first"
     x = to_nhwc(x_nchw) if channels_last else x_nchw
     out = backend.train_step_numpy(model, np.ascontiguousarray(x.astype(dtype)), labels, lr=lr,
-                                   momentum=momentum, weight_decay=weight_decay, steps=steps)
+                                   momentum=momentum, weight_decay=weight_decay, steps=steps, **extra)
     out = dict(out)
     if channels_last:
         out["input_grad"] = to_nchw(np.asarray(out["input_grad"]))
@@ -116,19 +120,21 @@ def run_train_step(framework: str, spec, weights, x_nchw, labels, dtype, lr, mom
 
 
 def measure_kinks(spec, weights, x_nchw, labels, freeze: bool, steps: int = 1, lr: float = 0.1,
-                  momentum: float = 0.9, weight_decay: float = 1e-4) -> Kinks:
+                  momentum: float = 0.9, weight_decay: float = 1e-4, shards: int = 1) -> Kinks:
     """The float64 kink allowance of this problem, for each of ``steps`` steps at the float64 weights it
     starts from (``torch_impl.kinks``: PyTorch's autograd hooks measure it, whatever frameworks are
     compared — torch must be installed to judge float32 gradients).
 
     A later step starts from weights the earlier kinks moved (by ``-lr`` times their rerouted gradient), so
     its allowance adds how far that moves its gradients (``carried``, float64, same draws) to its own kinks.
+    ``shards``: of the problem of that many DDP processes (:func:`run_train_step`).
     """
     backend = load_backend("torch")
 
     def model_at(step: int):
         start = weights if step == 0 else run_train_step("torch", spec, weights, x_nchw, labels, "float64", lr,
-                                                         momentum, weight_decay, freeze, steps=step)["after"]
+                                                         momentum, weight_decay, freeze, steps=step,
+                                                         shards=shards)["after"]
         model = backend.build(spec, dtype="float64", weights=start)
         if freeze:
             backend.freeze_backbone(model)
@@ -138,7 +144,7 @@ def measure_kinks(spec, weights, x_nchw, labels, freeze: bool, steps: int = 1, l
     per_step, carried, first = [], {}, None
     for step, model in enumerate(models):
         following = models[step + 1] if step + 1 < steps else None
-        found = backend.kink_allowance(model, x_nchw, labels, carry_to=following, lr=lr)
+        found = backend.kink_allowance(model, x_nchw, labels, carry_to=following, lr=lr, shards=shards)
         per_step.append({k: v + carried.get(k, 0.0) for k, v in found["grads"].items()})
         carried = found.get("carried", {})
         first = first or found
