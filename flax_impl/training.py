@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from common.spec.ir import NetworkSpec
 from common.weights.porting import running_statistics, to_canonical
@@ -74,8 +75,31 @@ def _transformation(lr: float, momentum: float, weight_decay: float) -> optax.Gr
 _jitted_step = nnx.jit(_step, graph=False)
 
 
+def _automatic(mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
+    """The same devices and axis names with ``AxisType.Auto`` axes: XLA propagates the batch sharding
+    through the unchanged program. (``jax.make_mesh`` makes ``Explicit`` axes by default, under which every
+    reshape that splits an axis — the strided convolutions' phase split, the channel shuffle — would need
+    its output sharding spelled out.)"""
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+
+def replicate(model: nnx.Module, mesh: jax.sharding.Mesh) -> None:
+    """Place every array of ``model`` (parameters, BatchNorm statistics, counters) on every device of
+    ``mesh``, in place: data parallelism's model layout."""
+    nnx.update(model, jax.device_put(nnx.state(model), NamedSharding(_automatic(mesh), PartitionSpec())))
+
+
+def shard_batch(array: np.ndarray | jax.Array, mesh: jax.sharding.Mesh) -> jax.Array:
+    """``array`` split along its first (batch) axis over every device of ``mesh`` (all of its axes)."""
+    devices = int(np.prod(mesh.devices.shape))
+    if array.shape[0] % devices:
+        raise ValueError(f"a batch of {array.shape[0]} does not split into {devices} equal per-device parts")
+    return jax.device_put(array, NamedSharding(_automatic(mesh), PartitionSpec(mesh.axis_names)))
+
+
 def train_step_numpy(model: nnx.Module, x: np.ndarray, labels: Sequence[int] | np.ndarray, lr: float = 0.0,
-                     momentum: float = 0.9, weight_decay: float = 0.0, steps: int = 1) -> dict[str, Any]:
+                     momentum: float = 0.9, weight_decay: float = 0.0, steps: int = 1,
+                     mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
     """One train-mode step on NumPy data (NHWC ``x``, integer ``labels``).
 
     Forward in train mode (BatchNorm: batch statistics, running statistics updated by PyTorch's rule and
@@ -87,6 +111,10 @@ def train_step_numpy(model: nnx.Module, x: np.ndarray, labels: Sequence[int] | n
     (logits, loss and gradients returned are the first step's). The model's train/eval flags are restored afterwards. A failed step (e.g. one value per channel in
     train mode: ``ValueError`` "Expected more than 1 value per channel when training", raised while
     tracing) changes nothing.
+
+    ``mesh``: data parallelism — the batch (and labels) sharded over the mesh's devices, the model
+    replicated on them (:func:`replicate`, left so), and the same program, which XLA partitions: BatchNorm
+    statistics then cover the global batch, as on one device.
 
     Returns ``{"logits": (N, classes), "loss": float, "grads": canonical-key dict of canonical-layout
     gradients (trainable parameters only), "input_grad": NHWC}``, all NumPy.
@@ -102,6 +130,9 @@ def train_step_numpy(model: nnx.Module, x: np.ndarray, labels: Sequence[int] | n
     target = check_labels(labels, int(array.shape[0]), int(classes)).astype(np.int32)  # int32: fits, with or without x64
     inputs = jnp.asarray(array, dtype)
     labels_on_device = from_host(target)
+    if mesh is not None:  # before the optimiser: its momentum is created like the (replicated) parameters
+        replicate(model, mesh)
+        inputs, labels_on_device = shard_batch(inputs, mesh), shard_batch(labels_on_device, mesh)
     optimizer = None if not lr > 0 else nnx.Optimizer(
         model, _transformation(float(lr), float(momentum), float(weight_decay)), wrt=trainable_filter(model))
 
@@ -122,4 +153,4 @@ def train_step_numpy(model: nnx.Module, x: np.ndarray, labels: Sequence[int] | n
             "buffers": first_buffers}
 
 
-__all__ = ["sgd", "train_step_numpy"]
+__all__ = ["replicate", "sgd", "shard_batch", "train_step_numpy"]

@@ -97,6 +97,9 @@ def train_step_numpy(model: keras.Model, x: np.ndarray, labels: Sequence[int] | 
     "Expected more than 1 value per channel when training") changes nothing: the forward is stateless
     and its BatchNorm state is assigned only after it succeeded.
 
+    Under a ``keras.distribution`` (e.g. ``DataParallel`` on JAX; build the model under it, so its
+    variables are laid out by it) the batch is distributed by its data layout, as ``Model.fit`` does.
+
     Returns ``{"logits": (N, classes), "loss": float, "grads": canonical-key dict of canonical-layout
     gradients (trainable variables only), "input_grad": NHWC}``, all NumPy.
     """
@@ -123,6 +126,10 @@ def train_step_numpy(model: keras.Model, x: np.ndarray, labels: Sequence[int] | 
 
     gradients = _autodiff.gradient_function(loss_fn)
     inputs = ops.convert_to_tensor(array)
+    distribution = keras.distribution.distribution()
+    if distribution is not None:  # e.g. DataParallel: the batch split as Model.fit splits it
+        inputs = keras.distribution.distribute_tensor(inputs, distribution.get_data_layout(inputs.shape))
+        target = keras.distribution.distribute_tensor(target, distribution.get_data_layout(target.shape))
     update = None
     for step in range(steps):
         step_loss, (step_logits, state), step_grads, step_input_grad = gradients(
