@@ -279,9 +279,14 @@ def train_spec(model: str):
 TRAIN_SEED = 0
 
 
-def train_kinks(model: str, freeze: bool = False, seed: int = TRAIN_SEED):
+def _shards_key(shards: int) -> tuple:
+    """The store key's part for ``shards``: none for the one-process problem (its keys predate it)."""
+    return () if shards == 1 else (("shards", shards),)
+
+
+def train_kinks(model: str, freeze: bool = False, seed: int = TRAIN_SEED, shards: int = 1):
     """The float64 kink allowance of a training problem's :data:`TRAIN_STEPS` steps (``torch_impl.kinks``),
-    once per run."""
+    once per run; ``shards``: of the problem with per-process BatchNorm (DDP on CPU)."""
     from common.check.gradient_criterion import Kinks
     from common.check.train_verify import measure_kinks, train_inputs
 
@@ -289,29 +294,32 @@ def train_kinks(model: str, freeze: bool = False, seed: int = TRAIN_SEED):
         spec = train_spec(model)
         x, labels = train_inputs(spec, TRAIN_SHAPE, seed=seed)
         kinks = measure_kinks(spec, random_weights(spec, seed=seed, dtype="float64"), x, labels, freeze,
-                              train_steps(freeze), *TRAIN_HYPER)
+                              train_steps(freeze), *TRAIN_HYPER, shards=shards)
         return store.flatten({"steps": {str(i): dict(a) for i, a in enumerate(kinks.steps)},
                               "input_grad": np.asarray(kinks.input_grad), "elements": np.asarray(kinks.elements)})
 
-    found = store.unflatten(store.cached(("kinks", model, freeze, seed, TRAIN_SHAPE, train_steps(freeze)), compute))
+    key = ("kinks", model, freeze, seed, TRAIN_SHAPE, train_steps(freeze), *_shards_key(shards))
+    found = store.unflatten(store.cached(key, compute))
     steps = tuple({k: float(v) for k, v in found["steps"][str(i)].items()} for i in range(len(found["steps"])))
     return Kinks(steps, float(found["input_grad"]), int(found["elements"]))
 
 
 def train_outputs(framework: str, model: str, dtype: str, freeze: bool = False, steps: int | None = None,
-                  seed: int = TRAIN_SEED) -> dict:
+                  seed: int = TRAIN_SEED, shards: int = 1) -> dict:
     """``train_step_numpy`` (:data:`TRAIN_HYPER`, ``steps`` steps, by default :func:`train_steps`) on shared
-    weights / data, run by one party (``"keras"`` = this process's Keras backend), once per run."""
+    weights / data, run by one party (``"keras"`` = this process's Keras backend), once per run.
+    ``shards`` (torch): the one-process reference of that many DDP processes."""
     from common.check.train_verify import run_train_step, train_inputs
     party = _party(framework)
     steps = train_steps(freeze) if steps is None else steps
-    key = ("train", party, model, dtype, freeze, seed, TRAIN_SHAPE, steps)
+    key = ("train", party, model, dtype, freeze, seed, TRAIN_SHAPE, steps, *_shards_key(shards))
 
     def compute() -> dict:
         spec = train_spec(model)
         weights = random_weights(spec, seed=seed, dtype="float64")
         x, labels = train_inputs(spec, TRAIN_SHAPE, seed=seed)
-        out = run_train_step(_framework(party), spec, weights, x, labels, dtype, *TRAIN_HYPER, freeze, steps)
+        out = run_train_step(_framework(party), spec, weights, x, labels, dtype, *TRAIN_HYPER, freeze, steps,
+                             shards)
         return store.flatten(out)
 
     return store.unflatten(store.cached(key, compute, _producer(party)))
