@@ -90,11 +90,14 @@ def replicate(model: nnx.Module, mesh: jax.sharding.Mesh) -> None:
 
 
 def shard_batch(array: np.ndarray | jax.Array, mesh: jax.sharding.Mesh) -> jax.Array:
-    """``array`` split along its first (batch) axis over every device of ``mesh`` (all of its axes)."""
-    devices = int(np.prod(mesh.devices.shape))
-    if array.shape[0] % devices:
-        raise ValueError(f"a batch of {array.shape[0]} does not split into {devices} equal per-device parts")
-    return jax.device_put(array, NamedSharding(_automatic(mesh), PartitionSpec(mesh.axis_names)))
+    """The global batch whose part on this process is ``array`` (the whole batch with one process), split
+    along its first axis over every device of ``mesh`` (all of its axes):
+    ``jax.make_array_from_process_local_data``, so the same call serves one host and several."""
+    local = len(mesh.local_devices)
+    if array.shape[0] % local:
+        raise ValueError(f"a batch of {array.shape[0]} does not split into {local} equal per-device parts")
+    return jax.make_array_from_process_local_data(NamedSharding(_automatic(mesh), PartitionSpec(mesh.axis_names)),
+                                                  array)
 
 
 def train_step_numpy(model: nnx.Module, x: np.ndarray, labels: Sequence[int] | np.ndarray, lr: float = 0.0,

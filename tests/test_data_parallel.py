@@ -128,3 +128,17 @@ def test_sync_batchnorm_models_stay_groupnets_models():
     assert all(np.array_equal(steps[0]["grads"][k], steps[1]["grads"][k]) for k in steps[0]["grads"])
     after = torch_impl.export_weights(synced)
     assert all(np.array_equal(after[k], v) for k, v in torch_impl.export_weights(plain).items())
+
+
+@pytest.mark.parametrize("shards,message", [(3, "does not split into 3 equal per-process parts"),
+                                            (0, "shards must be a positive integer")])
+def test_bad_shards_are_refused_and_change_nothing(shards, message):
+    import torch_impl
+    spec = train_spec(TRAIN_MODELS[0])
+    weights = random_weights(spec, seed=TRAIN_SEED, dtype="float64")
+    model = torch_impl.build(spec, dtype="float64", weights=weights)
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32))
+    with pytest.raises(ValueError, match=message):
+        torch_impl.train_step_numpy(model, x, [0, 1, 2, 3], lr=0.1, shards=shards)
+    after = torch_impl.export_weights(model)
+    assert all(np.array_equal(after[k], weights[k]) for k in weights)
