@@ -91,8 +91,7 @@ def ddp_outputs(model: str) -> dict:
 def sharded_outputs(kind: str, model: str) -> dict:
     """Per dtype, the step with the batch sharded over two XLA host devices, run by a fresh process:
     ``kind`` ``"flax"`` (``flax_impl.train_step_numpy(..., mesh=...)``) or ``"keras-jax"``
-    (``keras.distribution.DataParallel`` on the JAX backend; ``"keras-jax-fit"``: one ``Model.fit`` step
-    there and on one device)."""
+    (``keras_impl.train_step_numpy`` under ``keras.distribution.DataParallel`` on the JAX backend)."""
     def compute() -> dict[str, np.ndarray]:
         with tempfile.TemporaryDirectory(prefix=f"groupnets-{kind}-") as tmp:
             root = Path(tmp)
