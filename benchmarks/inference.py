@@ -1,6 +1,6 @@
 """Inference latency of every backend vs ONNX Runtime, measured side by side in one run.
 
-    .venv/bin/python benchmarks/inference.py                   # 3 models x batch 1, 32 at 224x224
+    .venv/bin/python benchmarks/inference.py                   # 5 models x batch 1, 32 at 224x224
     .venv/bin/python benchmarks/inference.py --quick           # fewer repeats, batch 1 and 8
     .venv/bin/python benchmarks/inference.py --models shufflenet_v2_x1_0 --batches 1
 
@@ -29,10 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for ``benchmarks.*`` and ``common``
 
 from benchmarks.timing import median_seconds, peak_mb, reset_peak  # noqa: E402
-ROWS = ("onnxruntime", "torch", "torch_channels_last", "torch_compile", "torch_fused", "torch_script",
+ROWS = ("onnxruntime", "torch", "torch_channels_last", "torch_compile", "torch_aot", "torch_fused", "torch_script",
         "keras_tensorflow_xla", "keras_tensorflow",
         "keras_jax", "keras_jax_inference", "keras_torch", "flax_jit", "flax_inference", "naive_keras_v1")
-DEFAULT_MODELS = ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "resnext50_32x4d")
+DEFAULT_MODELS = ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "resnext50_32x4d", "sa_resnet50",
+                  "shufflenet_v1_g8_x1_0")
 
 
 # ------------------------------------------------------------------------------------------- workers
@@ -88,8 +89,8 @@ def run_row(row: str, model: str, batch: int, size: int, threads: int, warmup: i
         if row == "torch_channels_last":
             net = net.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
-        if row == "torch_compile":  # torch_impl's mode="compile": BN folded, channels-last, Inductor freezing
-            net = torch_impl.optimize_for_inference(net, mode="compile")
+        if row in ("torch_compile", "torch_aot"):  # BN folded, channels-last, Inductor freezing (+ AOT)
+            net = torch_impl.optimize_for_inference(net, mode=row[len("torch_"):])
         if row in ("torch_fused", "torch_script"):  # torch_impl's recommended inference path
             mode = "eager" if row == "torch_fused" else "script"
             net = torch_impl.optimize_for_inference(net, mode=mode, example_size=(size, size))

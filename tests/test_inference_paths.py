@@ -133,15 +133,15 @@ logits = {{}}
 for dtype in ("float32", "float64"):
     net = torch_impl.create_model(spec, dtype=dtype)
     torch_impl.load_weights(net, weights)
-    fast = torch_impl.optimize_for_inference(net, mode="compile")
+    fast = torch_impl.optimize_for_inference(net, mode={mode!r})
     logits[dtype] = torch_impl.forward_numpy(fast, x)["logits"]
 np.savez({out!r}, **logits)
 """
 
 
-def _compiled_logits(model: str) -> dict[str, np.ndarray]:
-    """``mode="compile"`` logits of ``model`` in float32 and float64, from one child process per model (one
-    torch import and build serves both dtypes), once per run (``store``)."""
+def _compiled_logits(model: str, mode: str = "compile") -> dict[str, np.ndarray]:
+    """``mode="compile"`` (or ``"aot"``) logits of ``model`` in float32 and float64, from one child process
+    per model (one torch import and build serves both dtypes), once per run (``store``)."""
     import subprocess
     import sys
     import tempfile
@@ -151,13 +151,13 @@ def _compiled_logits(model: str) -> dict[str, np.ndarray]:
         tests = Path(__file__).resolve().parent
         with tempfile.TemporaryDirectory() as scratch:
             out = Path(scratch) / "logits.npz"
-            code = _COMPILED_LOGITS.format(root=str(tests.parent), tests=str(tests), model=model,
+            code = _COMPILED_LOGITS.format(root=str(tests.parent), tests=str(tests), model=model, mode=mode,
                                            h=SIZE[0], w=SIZE[1], out=str(out))
             subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
             with np.load(out) as data:
                 return {k: data[k] for k in data.files}
 
-    return store.cached(("inductor", model, SIZE), compute)
+    return store.cached(("inductor", model, SIZE) + (() if mode == "compile" else (mode,)), compute)
 
 
 #: The Inductor tests' networks: the training problems, which hold every unit kind of their family in 4
@@ -165,6 +165,10 @@ def _compiled_logits(model: str) -> dict[str, np.ndarray]:
 #: grows with the graph: the registered models' 16 repeats took 32-42 s per family of the main run
 #: (SA-ResNet-50: 50 s). ``--full`` adds the registered family models.
 COMPILE_MODELS = TRAIN_MODELS + (FAMILY_MODELS if FULL else ())
+#: ``mode="aot"`` compiles the same Inductor code as ``"compile"`` (tested on every model above) and adds
+#: ``torch.export`` and the AOT package: the fast tier takes them through ShuffleNet V2 (channel split,
+#: shuffle and concat: the view ops export must trace), ``--full`` through every compile model.
+AOT_MODELS = COMPILE_MODELS if FULL else ("shufflenet_v2_tiny",)
 
 
 def compile_spec(model: str):
@@ -173,17 +177,18 @@ def compile_spec(model: str):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("model", COMPILE_MODELS)
-def test_torch_compiled_matches_oracle(model, dtype):
-    """``mode="compile"`` (Inductor) against the oracle, in a child process, so a test worker never holds
-    Inductor's compiled C++ kernels next to XLA's. (A worker's XLA abort was first blamed on that; it
-    recurred without Inductor in the process, and the cause was memory growth — see conftest.)"""
+@pytest.mark.parametrize("model,mode", [(m, "compile") for m in COMPILE_MODELS] + [(m, "aot") for m in AOT_MODELS])
+def test_torch_compiled_matches_oracle(model, mode, dtype):
+    """``mode="compile"`` (Inductor) and ``mode="aot"`` (AOTInductor) against the oracle, in a child
+    process, so a test worker never holds Inductor's compiled C++ kernels next to XLA's. (A worker's XLA
+    abort was first blamed on that; it recurred without Inductor in the process, and the cause was memory
+    growth — see conftest.)"""
     spec = compile_spec(model)  # the child's weights (seed 1): cheap for the training problems
     oracle = forward(spec, random_weights(spec, seed=1, dtype="float64"), _input())["logits"]
-    got = _compiled_logits(model)[dtype]
+    got = _compiled_logits(model, mode)[dtype]
     assert got.dtype == np.dtype(dtype)
     max_abs, max_rel = compare(got, oracle)
-    assert max_rel <= BOUNDS[dtype], f"{model} compile {dtype}: max rel {max_rel:.3e} (|Δ| {max_abs:.3e})"
+    assert max_rel <= BOUNDS[dtype], f"{model} {mode} {dtype}: max rel {max_rel:.3e} (|Δ| {max_abs:.3e})"
 
 
 def test_optimize_for_inference_leaves_the_model_alone():

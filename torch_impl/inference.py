@@ -22,8 +22,31 @@ from common.spec.ir import NetworkSpec
 from .bridge import _device, model_dtype
 from .weights import _unwrap
 
-Mode = Literal["auto", "eager", "script", "compile"]
-MODES = ("auto", "eager", "script", "compile")
+Mode = Literal["auto", "eager", "script", "compile", "aot"]
+MODES = ("auto", "eager", "script", "compile", "aot")
+
+
+def _inductor_options(dtype: torch.dtype) -> dict[str, bool]:
+    """Inductor's settings for both compiled modes. ``freezing``: weights become constants and convs are
+    prepacked — not for float64, which oneDNN's prepacking refuses. ``cpp_wrapper``: the code that calls the
+    kernels is C++ rather than Python, which cut the fixed cost per call (batch 1, both compiled in one
+    process, timed interleaved: ShuffleNet V2 x1.0 224x224 5.15 -> 4.55 ms, V1 g3 5.15 -> 4.47 ms; V2 at
+    32x32 3.16 -> 2.25 ms; outputs bit-identical) for about 4 s more compile time."""
+    return {"freezing": dtype != torch.float64, "cpp_wrapper": True}
+
+
+def _aot_compiled(net: nn.Module, x: torch.Tensor, dtype: torch.dtype):
+    """``net`` exported for exactly ``x``'s shape, dtype and memory format and compiled ahead of time by
+    AOTInductor (``torch.export`` + ``aoti_compile_and_package``): a C++ runner, no Python per call."""
+    import tempfile  # noqa: PLC0415
+
+    from torch._inductor import aoti_compile_and_package, aoti_load_package  # noqa: PLC0415
+    with torch.no_grad():
+        program = torch.export.export(net, (x,))
+    with tempfile.TemporaryDirectory(prefix="groupnets-aot-") as scratch:
+        package = aoti_compile_and_package(program, package_path=f"{scratch}/model.pt2",
+                                           inductor_configs=_inductor_options(dtype))
+        return aoti_load_package(package)  # the loaded runner keeps what it needs; the file can go
 
 
 def recommended_mode(spec: NetworkSpec) -> str:
@@ -82,6 +105,7 @@ class InferenceModel(nn.Module):
         self.channels_last = channels_last
         self.mode = mode
         self._groupnets_dtype = dtype
+        self._aot: dict[tuple, object] = {}  # mode="aot": (shape, dtype, strides) -> compiled runner
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -90,14 +114,15 @@ class InferenceModel(nn.Module):
         if self.mode == "compile":
             # Inductor reads ``freezing`` when it compiles, i.e. on the first call per input shape, so the
             # setting has to be live then; torch.compile(options={"freezing": True}) measured no freezing.
-            # float64 compiles without it: freezing prepacks conv weights with oneDNN, which refuses double.
-            # ``cpp_wrapper``: the code that calls the kernels is C++ rather than Python, which cut the fixed
-            # cost per call (batch 1, both compiled in one process, timed interleaved: ShuffleNet V2 x1.0
-            # 224x224 5.15 -> 4.55 ms, V1 g3 5.15 -> 4.47 ms; V2 at 32x32 3.16 -> 2.25 ms; outputs
-            # bit-identical) for about 4 s more compile time.
             from torch._inductor import config as inductor_config  # noqa: PLC0415
-            with inductor_config.patch(freezing=self._groupnets_dtype != torch.float64, cpp_wrapper=True):
+            with inductor_config.patch(**_inductor_options(self._groupnets_dtype)):
                 return self.net(self._prepare(x))
+        if self.mode == "aot":
+            x = self._prepare(x)
+            key = (tuple(x.shape), x.dtype, x.stride(), x.device)
+            if key not in self._aot:
+                self._aot[key] = _aot_compiled(self.net, x, self._groupnets_dtype)
+            return self._aot[key](x)
         return self.net(self._prepare(x))
 
     def forward_taps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -121,7 +146,11 @@ def optimize_for_inference(model: nn.Module, mode: Mode = "auto", channels_last:
     """A fast inference copy of a network: BatchNorm folded (:func:`fuse_batch_norm`), channels-last
     memory format, and for ``mode="script"`` traced + ``torch.jit.freeze`` + ``optimize_for_inference``
     (constant weights, oneDNN prepacked convs, fused ReLUs, no Python per op — what makes batch 1 fast);
-    for ``mode="compile"``, ``torch.compile`` (Inductor, ``freezing``), compiled on the first call per shape.
+    for ``mode="compile"``, ``torch.compile`` (Inductor, ``freezing``), compiled on the first call per shape;
+    for ``mode="aot"``, the same Inductor code compiled ahead of time per input shape (``torch.export`` +
+    AOTInductor, on the first call per shape, 30 s for ShuffleNet V2 x1.0): a C++ runner with no Python
+    or graph guards per call — the lowest fixed cost per call (V2 x1.0 batch 1 224x224: 4.69 ms compiled,
+    3.77 ms AOT; at 32x32 1.86 -> 1.45 ms, 2026-12-05).
 
     The traced graph takes any batch size and spatial size (nothing in the networks branches on them);
     ``example_size`` is only the tracing input's H, W. ``mode="auto"`` takes :func:`recommended_mode`.
