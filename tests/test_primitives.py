@@ -106,6 +106,26 @@ def test_shuffle_attention(framework, dtype, case):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@seed(CASE_SEED)
+@given(case=shuffle_attention_cases())
+def test_torch_shuffle_attention_on_channels_last_memory(dtype, case):
+    """torch's layer takes another formulation on channels-last memory (the inference path's layout: one
+    affine gate per channel, no NCHW copy) — against the oracle on the same cases, output channels-last."""
+    import torch
+    import torch_impl
+    node, shape = case
+    if shape[0] * node.groups * shape[2] * shape[3] == 1:
+        return  # refused, as test_shuffle_attention shows for every layout
+    layer = torch_impl.build(node, dtype=dtype, weights=random_weights(node, 0, "float64"))
+    x = torch.from_numpy(random_input(shape, 1, "float64").astype(dtype)).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got = layer(x)
+    assert shape[2] * shape[3] == 1 or got.is_contiguous(memory_format=torch.channels_last)
+    max_abs, max_rel = compare(got.numpy(), primitive_output("numpy", node, shape, dtype, 0))
+    assert max_rel <= BOUNDS[dtype], f"{node} {shape} {dtype}: max rel {max_rel:.3e} (max |Δ| {max_abs:.3e})"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("shape", [(2, 16, 1, 1), (1, 16, 1, 6), (3, 16, 9, 7)])
 def test_shuffle_attention_fixed_shapes(framework, dtype, shape):

@@ -97,10 +97,40 @@ class ShuffleAttention(nn.Module):
         b, c, h, w = x.shape
         if c != self.channels:
             raise ValueError(f"ShuffleAttention({self.channels}, groups={self.groups}) got {c} input channels")
+        # not while TorchScript traces: its frozen graph ran this formulation slower (SA-ResNet-50 batch 32
+        # 2913 -> 4177 ms), Inductor and eager faster (2695 -> 1742 ms compiled; 2923 -> 2995 eager, with
+        # ORT itself 7 % slower in the second run; 2026-12-05)
+        if h * w > 1 and x.is_contiguous(memory_format=torch.channels_last) and not torch.jit.is_tracing():
+            return self._channels_last(x)
         first, second = x.reshape(b * self.groups, c // self.groups, h, w).chunk(2, dim=1)
         channel = first * torch.sigmoid(self.cweight * first.mean(dim=(2, 3), keepdim=True) + self.cbias)
         spatial = second * torch.sigmoid(self.sweight * self.gn(second) + self.sbias)
         return channel_shuffle(torch.cat((channel, spatial), dim=1).reshape(b, c, h, w), 2, "paper")
+
+    def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """The same layer on channels-last memory without leaving it. On the ``(b, h·w, c)`` view both
+        halves' gates are one per-channel affine map inside the sigmoid, ``x · σ(A·x + B)``: the channel
+        half's ``A = 0, B = cweight · mean + cbias``; the spatial half's GroupNorm (one channel per group)
+        folded with its gate, ``A = sweight · γ / σ``, ``B = sweight · (β − γ · mean / σ) + sbias``. Two
+        statistics passes over h·w, one elementwise pass, and the final 2-group shuffle is one copy. The NCHW recipe's reshape to ``(b·groups, c/groups, h, w)`` copies a channels-last tensor to
+        NCHW and back (SA-ResNet-50 batch 8, BN-folded channels-last eager: the 16 layers took 142 of
+        549 ms; 2026-12-05)."""
+        b, c, h, w = x.shape
+        k = c // (2 * self.groups)
+        flat = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view: x is channels-last
+        mean = flat.mean(dim=1, keepdim=True)  # two passes: var_mean over dim 1 ran 4x slower (Welford)
+        centred = flat - mean
+        var = (centred * centred).mean(dim=1).reshape(b, self.groups, 2, k)
+        mean = mean.reshape(b, self.groups, 2, k)
+        vector = lambda p: p.reshape(k)  # noqa: E731  the (1, k, 1, 1) gates
+        scale = self.gn.weight * torch.rsqrt(var[:, :, 1] + self.gn.eps)  # (b, groups, k)
+        slope = torch.stack((torch.zeros_like(scale), vector(self.sweight) * scale), dim=2)
+        offset = torch.stack((vector(self.cweight) * mean[:, :, 0] + vector(self.cbias),
+                              vector(self.sweight) * (self.gn.bias - scale * mean[:, :, 1]) + vector(self.sbias)),
+                             dim=2)
+        gated = flat * torch.sigmoid(torch.addcmul(offset.reshape(b, 1, c), slope.reshape(b, 1, c), flat))
+        shuffled = gated.reshape(b, h * w, 2, c // 2).transpose(2, 3).reshape(b, h, w, c)  # channel_shuffle(2)
+        return shuffled.permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
 
     def extra_repr(self) -> str:
         return f"{self.channels}, groups={self.groups}"
