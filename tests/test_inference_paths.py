@@ -130,18 +130,21 @@ x = random_input((2, 3, {h}, {w}), seed=2, dtype="float64")
 spec = compile_spec({model!r})
 weights = random_weights(spec, seed=1, dtype="float64")
 logits = {{}}
-for dtype in ("float32", "float64"):
-    net = torch_impl.create_model(spec, dtype=dtype)
-    torch_impl.load_weights(net, weights)
-    fast = torch_impl.optimize_for_inference(net, mode={mode!r})
-    logits[dtype] = torch_impl.forward_numpy(fast, x)["logits"]
+for mode in {modes!r}:
+    for dtype in ("float32", "float64"):
+        net = torch_impl.create_model(spec, dtype=dtype)
+        torch_impl.load_weights(net, weights)
+        fast = torch_impl.optimize_for_inference(net, mode=mode)
+        logits[mode + "-" + dtype] = torch_impl.forward_numpy(fast, x)["logits"]
 np.savez({out!r}, **logits)
 """
 
 
-def _compiled_logits(model: str, mode: str = "compile") -> dict[str, np.ndarray]:
-    """``mode="compile"`` (or ``"aot"``) logits of ``model`` in float32 and float64, from one child process
-    per model (one torch import and build serves both dtypes), once per run (``store``)."""
+def _compiled_logits(model: str) -> dict[str, np.ndarray]:
+    """``mode="compile"`` (and for :data:`AOT_MODELS` ``"aot"``) logits of ``model`` in float32 and float64
+    (keys ``"<mode>-<dtype>"``), from one child process per model (one torch import serves every mode and
+    dtype, and one model's compiles never run side by side), once per run (``store``)."""
+    modes = ("compile", "aot") if model in AOT_MODELS else ("compile",)
     import subprocess
     import sys
     import tempfile
@@ -151,13 +154,13 @@ def _compiled_logits(model: str, mode: str = "compile") -> dict[str, np.ndarray]
         tests = Path(__file__).resolve().parent
         with tempfile.TemporaryDirectory() as scratch:
             out = Path(scratch) / "logits.npz"
-            code = _COMPILED_LOGITS.format(root=str(tests.parent), tests=str(tests), model=model, mode=mode,
+            code = _COMPILED_LOGITS.format(root=str(tests.parent), tests=str(tests), model=model, modes=modes,
                                            h=SIZE[0], w=SIZE[1], out=str(out))
             subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
             with np.load(out) as data:
                 return {k: data[k] for k in data.files}
 
-    return store.cached(("inductor", model, SIZE) + (() if mode == "compile" else (mode,)), compute)
+    return store.cached(("inductor", model, SIZE, modes), compute)
 
 
 #: The Inductor tests' networks: the training problems, which hold every unit kind of their family in 4
@@ -185,7 +188,7 @@ def test_torch_compiled_matches_oracle(model, mode, dtype):
     growth — see conftest.)"""
     spec = compile_spec(model)  # the child's weights (seed 1): cheap for the training problems
     oracle = forward(spec, random_weights(spec, seed=1, dtype="float64"), _input())["logits"]
-    got = _compiled_logits(model, mode)[dtype]
+    got = _compiled_logits(model)[f"{mode}-{dtype}"]
     assert got.dtype == np.dtype(dtype)
     max_abs, max_rel = compare(got, oracle)
     assert max_rel <= BOUNDS[dtype], f"{model} {mode} {dtype}: max rel {max_rel:.3e} (|Δ| {max_abs:.3e})"
