@@ -10,7 +10,9 @@ weighted by how often the network runs it) on:
 * ``xla``: the formulation ``flax_impl`` runs for it (``conv_path``: one matmul batched over the groups);
 * ``xla_lax``: one ``lax.conv_general_dilated`` with ``feature_group_count`` (what ``nnx.Conv`` does);
 * ``torch``: ``nn.Conv2d(groups=g)`` on channels-last input (oneDNN);
-* ``onnxruntime``: a one-node ONNX ``Conv`` with ``group=g``.
+* ``onnxruntime``: a one-node ONNX ``Conv`` with ``group=g``;
+* ``xla_channel_major``: XLA on channel-major ``(C, N, H, W)`` activations, one matmul batched over the
+  groups — no groupnets path runs this layout; it measures what the layout would give.
 
 Each backend runs in its own process with the same thread count. A measurement, not a test.
 """
@@ -29,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for ``benchmarks.*`` and ``common``
 
 from benchmarks.timing import median_seconds  # noqa: E402
-BACKENDS = ("onnxruntime", "torch", "xla", "xla_lax")
+BACKENDS = ("onnxruntime", "torch", "xla", "xla_lax", "xla_channel_major")
 
 Shape = tuple[int, int, int, int, int, int]  # (in channels, out channels, groups, stride, H, W)
 
@@ -108,6 +110,24 @@ def time_backend(backend: str, shape: Shape, batch: int, threads: int, warmup: i
         hwio = jax.numpy.asarray(kernel.transpose(2, 3, 1, 0))
         fn = jax.jit(lambda v: conv2d(v, hwio, op, path))  # the kernel is a constant, as in optimize_for_inference
         xj = jax.numpy.asarray(x.transpose(0, 2, 3, 1))
+        return median_seconds(lambda: fn(xj).block_until_ready(), warmup, repeats) * 1e3
+    if backend == "xla_channel_major":
+        # The same conv with the activations channel-major, (C, N, H, W): each group's input is one
+        # contiguous (C/g, N·H·W) block, so the conv is one matmul batched over the groups whose long
+        # dimension is N·H·W — the layout ORT's MLAS and oneDNN compute grouped convs in. Not what any
+        # groupnets path runs (its models are channels-last): a measurement of what that layout would give.
+        import jax
+        import jax.numpy as jnp
+
+        weights = jnp.asarray(kernel[:, :, 0, 0].reshape(groups, cout // groups, cin // groups))
+
+        def conv(v):
+            v = v[:, :, ::stride, ::stride] if stride > 1 else v
+            c, n, hh, ww = v.shape
+            out = jnp.einsum("goi,gip->gop", weights, v.reshape(groups, c // groups, n * hh * ww))
+            return out.reshape(cout, n, hh, ww)
+        fn = jax.jit(conv)
+        xj = jnp.asarray(x.transpose(1, 0, 2, 3))
         return median_seconds(lambda: fn(xj).block_until_ready(), warmup, repeats) * 1e3
     raise ValueError(f"unknown backend {backend!r}")
 
