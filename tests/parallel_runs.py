@@ -41,6 +41,13 @@ def _problem(model: str, directory: Path) -> None:
     np.savez(directory / "problem.npz", x=x, labels=labels, **{f"weights/{k}": v for k, v in weights.items()})
 
 
+def read_problem(directory: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """What :func:`_problem` wrote: ``(weights, x, labels)`` — for the workers."""
+    problem = np.load(Path(directory) / "problem.npz")
+    weights = {key[len("weights/"):]: problem[key] for key in problem.files if key.startswith("weights/")}
+    return weights, problem["x"], problem["labels"]
+
+
 def _by_dtype(flat: dict[str, np.ndarray]) -> dict[str, dict]:
     tree = store.unflatten(flat)
     return {dtype: tree[dtype] for dtype in DTYPES}

@@ -24,6 +24,7 @@ import store
 from common.check.backends import load_backend
 from common.check.compare import to_nchw, to_nhwc
 from harness import train_spec
+from parallel_runs import read_problem
 
 KINDS = ("flax", "keras-jax")
 
@@ -45,8 +46,7 @@ def main(kind: str, model: str, directory: str, steps: str, lr: str, momentum: s
     if len(jax.devices()) < 2:
         raise SystemExit(f"needs at least 2 devices (XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}), got {jax.devices()}")
     root = Path(directory)
-    problem = np.load(root / "problem.npz")
-    weights = {key[len("weights/"):]: problem[key] for key in problem.files if key.startswith("weights/")}
+    weights, x, labels = read_problem(root)
     spec = train_spec(model)
     options: dict = {}
     if kind == "flax":
@@ -58,7 +58,7 @@ def main(kind: str, model: str, directory: str, steps: str, lr: str, momentum: s
     out: dict = {}
     for dtype in dtypes:  # as common.check.train_verify.run_train_step, keeping the model to see its layout
         net = backend.build(spec, dtype=dtype, weights=weights)
-        result = dict(backend.train_step_numpy(net, to_nhwc(problem["x"]).astype(dtype), problem["labels"],
+        result = dict(backend.train_step_numpy(net, to_nhwc(x).astype(dtype), labels,
                                                lr=float(lr), momentum=float(momentum), weight_decay=float(decay),
                                                steps=int(steps), **options))
         result["input_grad"] = to_nchw(np.asarray(result["input_grad"]))

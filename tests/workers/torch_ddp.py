@@ -19,15 +19,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+import store
 import torch_impl
 from common.weights.porting import running_statistics, to_canonical
 
 #: How long a rank waits for the other at the rendezvous and in a collective before giving up.
 TIMEOUT = timedelta(seconds=120)
-
-
-def _flat(prefix: str, tree: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {f"{prefix}/{key}": np.asarray(value) for key, value in tree.items()}
 
 
 def _steps(spec, weights, x: np.ndarray, labels: np.ndarray, dtype: str, rank: int, world: int, steps: int,
@@ -38,7 +35,7 @@ def _steps(spec, weights, x: np.ndarray, labels: np.ndarray, dtype: str, rank: i
     part = torch.tensor(np.array_split(x, world)[rank], dtype=getattr(torch, dtype)).requires_grad_()
     target = torch.as_tensor(np.array_split(labels, world)[rank], dtype=torch.long)
     ddp.train()
-    out: dict[str, np.ndarray] = {}
+    out: dict = {}
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
         logits = ddp(part)
@@ -48,11 +45,11 @@ def _steps(spec, weights, x: np.ndarray, labels: np.ndarray, dtype: str, rank: i
             grads = {name: p.grad.detach().numpy().copy() for name, p in model.named_parameters()}
             out.update({"logits": logits.detach().numpy().copy(), "loss": np.asarray(float(loss.detach())),
                         "input_grad": part.grad.detach().numpy().copy()})
-            out.update(_flat("grads", to_canonical(spec, "torch", grads, partial=True)))
-            out.update(_flat("buffers", running_statistics(torch_impl.export_weights(ddp))))
+            out["grads"] = to_canonical(spec, "torch", grads, partial=True)
+            out["buffers"] = running_statistics(torch_impl.export_weights(ddp))
         optimizer.step()
-    out.update(_flat("after", torch_impl.export_weights(ddp)))  # through the DDP wrapper
-    return {f"{dtype}/{key}": value for key, value in out.items()}
+    out["after"] = torch_impl.export_weights(ddp)  # through the DDP wrapper
+    return store.flatten({dtype: out})
 
 
 def _sync_batchnorm_refusal(spec, weights, x: np.ndarray, rank: int, world: int) -> str:
@@ -71,12 +68,11 @@ def run_rank(rank: int, world: int, directory: str, model: str, steps: int, lr: 
              weight_decay: float, dtypes: tuple[str, ...]) -> None:
     """``torch.multiprocessing.spawn``'s target: this rank's runs, written to ``rank<rank>.npz``."""
     from harness import train_spec  # the tests' training problems (tests/ is on the spawned sys.path)
+    from parallel_runs import read_problem
 
     torch.set_num_threads(1)  # two ranks on two cores
     root = Path(directory)
-    problem = np.load(root / "problem.npz")
-    weights = {key[len("weights/"):]: problem[key] for key in problem.files if key.startswith("weights/")}
-    x, labels = problem["x"], problem["labels"]
+    weights, x, labels = read_problem(root)
     spec = train_spec(model)
     dist.init_process_group("gloo", init_method=f"file://{root / 'rendezvous'}", rank=rank, world_size=world,
                             timeout=TIMEOUT)
