@@ -6,6 +6,10 @@ cannot fold anything that depends on them. Closing over an eval-mode *snapshot* 
 (measured, same process, interleaved: ShuffleNet V2 x1.0 at batch 1 4.5 → 4.0 ms, V1 g3 6.8 → 5.9 ms,
 ResNeXt-50 59 → 55 ms). The model is not modified; the compiled function keeps the weights it saw.
 
+``layout="channel_major"`` compiles :mod:`common.runtime.channel_major`'s graph instead (activations
+``(C, H, W, N)``, the canonical weights folded at trace time): faster at batch 32 for ShuffleNet V1 g8 and
+SA-ResNet-50, slower elsewhere (``docs/performance.md``).
+
 With constant weights, folding eval BatchNorm into a matmul / per-group kernel costs nothing per call
 (XLA folds ``kernel · scale`` at compile time), so the snapshot folds on every conv path, not only the taps
 path that :func:`flax_impl.layers.conv_bn` folds under a plain ``jit`` (in-process A/B, best of 6 medians:
@@ -16,26 +20,38 @@ from __future__ import annotations
 
 from typing import Any
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from common.runtime import channel_major
 from common.runtime.inference import InferenceFunction as BaseInferenceFunction
 
 from .blocks import iter_modules
 from .bridge import model_dtype
-from .layers import Conv2d
+from .layers import PRECISION, Conv2d
+from .weights import export_weights
+
+#: What the channel-major graph computes with: jax.numpy, and matmuls at full precision.
+KERNELS = channel_major.Kernels(xp=jnp, const=jnp.asarray,
+                                matmul=lambda a, b: jnp.matmul(a, b, precision=PRECISION), sigmoid=jax.nn.sigmoid)
 
 
 class InferenceFunction(BaseInferenceFunction):
     """``logits = fast(x_nhwc)``: eval mode, weights frozen at creation, one compile per input shape."""
 
     backend = "flax_impl"
+    layouts = ("channels_last", "channel_major")
 
-    def __init__(self, model: nnx.Module) -> None:
-        super().__init__(model, model_dtype(model) if isinstance(model, nnx.Module) else None)
+    def __init__(self, model: nnx.Module, layout: str | None = None) -> None:
+        super().__init__(model, model_dtype(model) if isinstance(model, nnx.Module) else None, layout)
 
     def _compiled(self, model: nnx.Module) -> Any:
+        if self.layout == "channel_major":
+            return jax.jit(functools.partial(channel_major.forward, self.spec, export_weights(model), self.dtype,
+                                             KERNELS))
         graphdef, state = nnx.split(model)
         twin = nnx.merge(graphdef, state)  # new module objects over the same (immutable) arrays
         twin.eval()  # the caller's model keeps its own train/eval flags
@@ -49,13 +65,14 @@ class InferenceFunction(BaseInferenceFunction):
         return self._forward(jnp.asarray(x, self.dtype))
 
 
-def optimize_for_inference(model: nnx.Module) -> InferenceFunction:
-    """A jitted eval-mode forward of ``model`` with its current weights baked in as constants.
+def optimize_for_inference(model: nnx.Module, layout: str = "channels_last") -> InferenceFunction:
+    """A jitted eval-mode forward of ``model`` with its current weights baked in as constants; ``layout``:
+    ``"channels_last"`` (the model's own graph) or ``"channel_major"`` (module docstring). NHWC input either way.
 
     Later changes to ``model`` (training, ``load_weights``) do not reach the returned function: make a new
     one. The compiled executable holds its own copy of the weights (memory: about one more set of weights).
     """
-    return InferenceFunction(model)
+    return InferenceFunction(model, layout)
 
 
 __all__ = ["InferenceFunction", "optimize_for_inference"]

@@ -9,23 +9,35 @@
 * TensorFlow: ``tf.function(jit_compile=True)`` (XLA) reading the model's variables.
 * torch: the model's forward under ``torch.inference_mode()`` (no graph compiler is used).
 
+On JAX, ``layout="channel_major"`` jits :mod:`common.runtime.channel_major`'s graph instead (activations
+``(C, H, W, N)``, spelled in ``keras.ops``, the canonical weights folded at trace time) — the same graph
+as ``flax_impl``'s: faster at batch 32 for ShuffleNet V1 g8 and SA-ResNet-50, slower elsewhere
+(``docs/performance.md``).
+
 This module imports the *active Keras backend's* own library (lazily, per backend); like the rest of
 ``keras_impl`` it never imports another framework's implementation.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import keras
 import numpy as np
 
+from common.runtime import channel_major
 from common.spec.fusion import conv_bn_pairs, fold_batch_norm
 from common.runtime.inference import InferenceFunction as BaseInferenceFunction
 
 from .layers import Conv2D, DepthwiseConv2D
 from .model import get_layer
+from .weights import export_weights
+
+#: What the channel-major graph computes with: Keras's own ops.
+KERNELS = channel_major.Kernels(xp=keras.ops, const=keras.ops.convert_to_tensor, matmul=keras.ops.matmul,
+                                sigmoid=keras.ops.sigmoid)
 
 
 class InferenceFunction(BaseInferenceFunction):
@@ -33,19 +45,29 @@ class InferenceFunction(BaseInferenceFunction):
     and torch the function reads the model's variables. Either way, make a new one after changing weights."""
 
     backend = "keras_impl"
+    layouts = ("channels_last", "channel_major")
 
-    def __init__(self, model: keras.Model) -> None:
+    def __init__(self, model: keras.Model, layout: str | None = None) -> None:
         self.keras_backend = keras.backend.backend()
-        super().__init__(model, getattr(model, "groupnets_dtype", None))
+        super().__init__(model, getattr(model, "groupnets_dtype", None), layout)
 
     def _compiled(self, model: keras.Model) -> Callable[[Any], Any]:
+        if self.layout == "channel_major":
+            if self.keras_backend != "jax":
+                raise ValueError(f"keras_impl.optimize_for_inference: layout='channel_major' is an XLA graph for "
+                                 f"the JAX backend; this Keras runs on {self.keras_backend!r}")
+            import jax  # noqa: PLC0415 - Keras's own backend library
+
+            return jax.jit(functools.partial(channel_major.forward, self.spec, export_weights(model), self.dtype,
+                                             KERNELS))
         return _compile(model, self.keras_backend)
 
     def _to_numpy(self, value: Any) -> np.ndarray:
         return keras.ops.convert_to_numpy(value)
 
     def __repr__(self) -> str:
-        return f"InferenceFunction({self.spec.name}, dtype={self.dtype}, backend={self.keras_backend})"
+        return (f"InferenceFunction({self.spec.name}, dtype={self.dtype}, backend={self.keras_backend}, "
+                f"layout={self.layout})")
 
 
 def _compile(model: keras.Model, backend: str) -> Callable[[Any], Any]:
@@ -123,10 +145,10 @@ def _folded_conv(layer: keras.layers.Layer, kernel: Any, bias: Any) -> Callable[
     return run
 
 
-def optimize_for_inference(model: keras.Model) -> InferenceFunction:
+def optimize_for_inference(model: keras.Model, layout: str = "channels_last") -> InferenceFunction:
     """The recommended compiled eval forward of a groupnets Keras network (see the module docstring);
-    the model itself is not modified."""
-    return InferenceFunction(model)
+    the model itself is not modified. ``layout="channel_major"``: JAX only (module docstring)."""
+    return InferenceFunction(model, layout)
 
 
 __all__ = ["InferenceFunction", "optimize_for_inference"]

@@ -20,7 +20,7 @@ from common.check.oracle import forward
 from common.spec import ir
 from common.spec.fusion import conv_bn_pairs
 from conftest import import_backend
-from harness import FULL, TRAIN_MODELS, network_outputs, network_weights, train_spec
+from harness import FULL, TRAIN_MODELS, keras_backend, network_outputs, network_weights, train_spec
 
 #: One model per family, together taking every conv formulation any registered model takes (held by
 #: ``test_family_models_take_every_conv_path``; SA-ResNet-50 brings the ungrouped 3x3 bottleneck convs, and
@@ -282,22 +282,45 @@ def _nhwc(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
+#: (framework, layout) of every compiled channels-last graph: each layout a backend offers — Keras's
+#: channel-major graph on JAX only (its refusal elsewhere: ``test_channel_major_needs_xla_on_jax``).
+LAYOUTS = [("flax", "channels_last"), ("flax", "channel_major"), ("keras", "channels_last")] + (
+    [("keras", "channel_major")] if keras_backend() == "jax" else [])
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("framework", ["keras", "flax"])
+@pytest.mark.parametrize("framework,layout", LAYOUTS)
 @pytest.mark.parametrize("model", FAMILY_MODELS)
-def test_optimized_function_matches_oracle(framework, model, dtype):
+def test_optimized_function_matches_oracle(framework, layout, model, dtype):
     """keras_impl / flax_impl ``optimize_for_inference`` (weights as compile-time constants on JAX, XLA on
-    TensorFlow) against the float64 oracle (one compile per input size)."""
+    TensorFlow; the model's own graph, or ``common.runtime.channel_major``'s) against the float64 oracle
+    (one compile per input size)."""
     backend = import_backend(framework)
     net = backend.create_model(family_spec(model), dtype=dtype)
     backend.load_weights(net, family_weights(model))
-    fast = backend.optimize_for_inference(net)
+    fast = backend.optimize_for_inference(net, layout=layout)
+    assert fast.layout == layout
     for size in (SIZE, SECOND_SIZE) if model in SECOND_SIZE_MODELS else (SIZE,):
         oracle = family_oracle(model, size)["logits"]
         got = fast.forward_numpy(_nhwc(_input(size)))["logits"]
         assert got.dtype == np.dtype(dtype)
         max_abs, max_rel = compare(got, oracle)
         assert max_rel <= BOUNDS[dtype], f"{framework} {model} {dtype} {size}: max rel {max_rel:.3e} (|Δ| {max_abs:.3e})"
+
+
+@pytest.mark.parametrize("framework", ["keras", "flax"])
+def test_channel_major_needs_xla_on_jax(framework):
+    """Keras offers the channel-major graph where it is jitted by XLA (JAX) and refuses it clearly on the
+    other backends; an unknown layout is refused by every backend."""
+    backend = import_backend(framework)
+    net = backend.create_model("shufflenet_v2_x0_5", num_classes=10)
+    if framework == "flax" or keras_backend() == "jax":
+        assert backend.optimize_for_inference(net, layout="channel_major").layout == "channel_major"
+    else:
+        with pytest.raises(ValueError, match="JAX backend"):
+            backend.optimize_for_inference(net, layout="channel_major")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        backend.optimize_for_inference(net, layout="NCHW")
 
 
 @pytest.mark.parametrize("framework", ["keras"])

@@ -18,13 +18,20 @@ class InferenceFunction:
 
     backend = "common"
     channels_last = True
+    #: the activation layouts the backend's compiled graph can run in; the first is the default
+    layouts: tuple[str, ...] = ("channels_last",)
 
-    def __init__(self, model: Any, dtype: object) -> None:
+    def __init__(self, model: Any, dtype: object, layout: str | None = None) -> None:
         spec = getattr(model, "spec", None)
         if not isinstance(spec, NetworkSpec):
             raise TypeError(f"optimize_for_inference needs a whole groupnets network, got {type(model).__name__}")
+        layout = self.layouts[0] if layout is None else layout
+        if layout not in self.layouts:
+            raise ValueError(f"{self.backend}.optimize_for_inference: layout must be one of {self.layouts}, "
+                             f"got {layout!r}")
         self.spec = spec
         self.dtype = dtype_name(dtype)
+        self.layout = layout
         self._forward = self._compiled(model)
 
     def _compiled(self, model: Any) -> Any:
@@ -42,4 +49,5 @@ class InferenceFunction:
         return {"logits": self._to_numpy(self(np.asarray(array, self.dtype)))}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.spec.name}, dtype={self.dtype}, backend={self.backend})"
+        return (f"{type(self).__name__}({self.spec.name}, dtype={self.dtype}, backend={self.backend}, "
+                f"layout={self.layout})")
