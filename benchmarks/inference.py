@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for ``ben
 from benchmarks.timing import median_seconds, peak_mb, reset_peak  # noqa: E402
 ROWS = ("onnxruntime", "torch", "torch_channels_last", "torch_compile", "torch_aot", "torch_fused", "torch_script",
         "keras_tensorflow_xla", "keras_tensorflow",
-        "keras_jax", "keras_jax_inference", "keras_torch", "flax_jit", "flax_inference", "naive_keras_v1")
+        "keras_jax", "keras_jax_inference", "keras_jax_channel_major", "keras_torch", "flax_jit", "flax_inference",
+        "flax_channel_major", "naive_keras_v1")
 DEFAULT_MODELS = ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "resnext50_32x4d", "sa_resnet50",
                   "shufflenet_v1_g8_x1_0")
 
@@ -108,21 +109,23 @@ def run_row(row: str, model: str, batch: int, size: int, threads: int, warmup: i
             import keras_impl
             net = keras_impl.create_model(model)
             keras_impl.load_weights(net, weights)
-        if row == "keras_jax_inference":  # keras_impl's recommended path: weights as jit constants
+        if row in ("keras_jax_inference", "keras_jax_channel_major"):  # weights as jit constants
             import jax
-            fast = keras_impl.optimize_for_inference(net)
+            fast = keras_impl.optimize_for_inference(net, layout="channel_major" if row.endswith("major")
+                                                     else "channels_last")
             x = jax.numpy.asarray(x)
             fn = lambda: fast(x).block_until_ready()  # noqa: E731
         else:
             net.compile(jit_compile=(row == "keras_tensorflow_xla") if keras.backend.backend() == "tensorflow"
                         else "auto")
             fn = lambda: net.predict_on_batch(x)  # noqa: E731
-    elif row == "flax_inference":  # flax_impl's recommended path: weights as jit constants
+    elif row in ("flax_inference", "flax_channel_major"):  # flax_impl's recommended path: weights as jit constants
         import jax
         import flax_impl
         net = flax_impl.create_model(model)
         flax_impl.load_weights(net, weights)
-        fast = flax_impl.optimize_for_inference(net)
+        fast = flax_impl.optimize_for_inference(net, layout="channel_major" if row.endswith("major")
+                                                else "channels_last")
         x = jax.numpy.asarray(_input(batch, size, True))
         fn = lambda: fast(x).block_until_ready()  # noqa: E731
     elif row == "flax_jit":
@@ -152,14 +155,23 @@ def export_onnx(model: str, path: str, size: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------- driver
-def _row_env(row: str, threads: int) -> dict:
+#: glibc's malloc with transparent huge pages (glibc >= 2.35; read at process start, so set per row).
+#: Without it every buffer over 32 MB is a fresh mmap whose 4 KiB pages fault in on first touch, on every
+#: call of every framework that allocates per call; ONNX Runtime's arena keeps its memory (docs/performance.md).
+HUGEPAGES = "glibc.malloc.hugetlb=1"
+
+
+def _row_env(row: str, threads: int, malloc: str = "default") -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TF_CPP_MIN_LOG_LEVEL": "3",
            "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1",
            "XLA_FLAGS": f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={threads}",
            "PYTHONPATH": str(ROOT)}
+    if malloc == "hugepages":
+        env["GLIBC_TUNABLES"] = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), HUGEPAGES]))
     if row.startswith("keras_"):
         env["KERAS_BACKEND"] = {"keras_tensorflow_xla": "tensorflow", "keras_tensorflow": "tensorflow",
-                                "keras_jax": "jax", "keras_jax_inference": "jax", "keras_torch": "torch"}[row]
+                                "keras_jax": "jax", "keras_jax_inference": "jax", "keras_jax_channel_major": "jax",
+                                "keras_torch": "torch"}[row]
     if row == "naive_keras_v1":
         env["KERAS_BACKEND"] = "tensorflow"
     return env
@@ -188,6 +200,8 @@ def main(argv=None) -> int:
                         help="run every row this many times, interleaved, and keep each row's fastest median "
                              "(a shared machine's slow spells then cannot pick which rows they hit)")
     parser.add_argument("--quick", action="store_true", help="batches 1 and 8, 2 warm-up, 5 repeats")
+    parser.add_argument("--malloc", choices=("default", "hugepages"), default="default",
+                        help="hugepages: every row (ONNX Runtime too) runs with GLIBC_TUNABLES=" + HUGEPAGES)
     parser.add_argument("--json", help="also write the raw rows to this file")
     parser.add_argument("--worker", nargs=3, metavar=("ROW", "MODEL", "BATCH"), help=argparse.SUPPRESS)
     parser.add_argument("--export-onnx", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
@@ -205,7 +219,7 @@ def main(argv=None) -> int:
 
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cpus, {platform.python_version()}; "
           f"threads {args.threads}; input {args.size}x{args.size}; median of {args.repeats} after "
-          f"{args.warmup} warm-up, best of {args.rounds} interleaved round(s)")
+          f"{args.warmup} warm-up, best of {args.rounds} interleaved round(s); malloc {args.malloc}")
     print(f"# {versions()}")
     results = []
     for model in args.models:
@@ -239,7 +253,7 @@ def _run_worker(row: str, model: str, batch: int, args: argparse.Namespace) -> d
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", row, model, str(batch),
            "--size", str(args.size), "--threads", str(args.threads), "--warmup", str(args.warmup),
            "--repeats", str(args.repeats)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_row_env(row, args.threads))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_row_env(row, args.threads, args.malloc))
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
         error = (proc.stderr.strip().splitlines() or ["no output"])[-1][:80]
