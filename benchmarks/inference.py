@@ -155,10 +155,12 @@ def export_onnx(model: str, path: str, size: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------- driver
-#: glibc's malloc with transparent huge pages (glibc >= 2.35; read at process start, so set per row).
-#: Without it every buffer over 32 MB is a fresh mmap whose 4 KiB pages fault in on first touch, on every
-#: call of every framework that allocates per call; ONNX Runtime's arena keeps its memory (docs/performance.md).
-HUGEPAGES = "glibc.malloc.hugetlb=1"
+#: glibc's malloc keeping freed memory for reuse (read at process start, so set per row): one arena, no
+#: mmap, no trimming. By default every buffer over 32 MB (and every buffer of a thread's own arena) is a
+#: fresh mmap whose 4 KiB pages fault in on first touch, on every call of every framework that allocates
+#: per call; ONNX Runtime's arena keeps its memory. (Transparent huge pages, ``glibc.malloc.hugetlb=1``,
+#: cut the faults too but stalled in compaction here: docs/performance.md.)
+REUSE = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296"
 
 
 def _row_env(row: str, threads: int, malloc: str = "default") -> dict:
@@ -166,8 +168,8 @@ def _row_env(row: str, threads: int, malloc: str = "default") -> dict:
            "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1",
            "XLA_FLAGS": f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={threads}",
            "PYTHONPATH": str(ROOT)}
-    if malloc == "hugepages":
-        env["GLIBC_TUNABLES"] = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), HUGEPAGES]))
+    if malloc == "reuse":
+        env["GLIBC_TUNABLES"] = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), REUSE]))
     if row.startswith("keras_"):
         env["KERAS_BACKEND"] = {"keras_tensorflow_xla": "tensorflow", "keras_tensorflow": "tensorflow",
                                 "keras_jax": "jax", "keras_jax_inference": "jax", "keras_jax_channel_major": "jax",
@@ -200,8 +202,8 @@ def main(argv=None) -> int:
                         help="run every row this many times, interleaved, and keep each row's fastest median "
                              "(a shared machine's slow spells then cannot pick which rows they hit)")
     parser.add_argument("--quick", action="store_true", help="batches 1 and 8, 2 warm-up, 5 repeats")
-    parser.add_argument("--malloc", choices=("default", "hugepages"), default="default",
-                        help="hugepages: every row (ONNX Runtime too) runs with GLIBC_TUNABLES=" + HUGEPAGES)
+    parser.add_argument("--malloc", choices=("default", "reuse"), default="default",
+                        help="reuse: every row (ONNX Runtime too) runs with GLIBC_TUNABLES=" + REUSE)
     parser.add_argument("--json", help="also write the raw rows to this file")
     parser.add_argument("--worker", nargs=3, metavar=("ROW", "MODEL", "BATCH"), help=argparse.SUPPRESS)
     parser.add_argument("--export-onnx", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
