@@ -15,9 +15,9 @@ conv with few products per output is the taps sum (:mod:`common.runtime.xla_cpu`
 any other one a matmul over its stacked windows (im2col). Every eval BatchNorm that follows a conv is
 folded into it (:mod:`common.spec.fusion`, float64, at trace time), as ONNX Runtime does at load time.
 
-Where it wins is measured, not assumed (``docs/performance.md``): batch 32 ShuffleNet V1 g8 and
-SA-ResNet-50 ran 14-17 % faster than the channels-last graph; V2, ResNeXt (grouped 3x3 taps) and batch 1
-ran slower, so channels-last stays the default.
+Where it wins is measured, not assumed (``docs/performance.md``, third round): at batch 32 ShuffleNet V1
+g8 and SA-ResNet-50 ran 10-17 % faster than the channels-last graph; V2, ResNeXt (grouped 3x3 taps) and
+batch 1 ran slower, so channels-last stays the default.
 
 Framework-free: the caller lends :class:`Kernels` (its array namespace, constants and full-precision
 matmul). The weights are canonical (torchvision keys, NumPy) and become constants of the caller's ``jit``.
@@ -38,8 +38,7 @@ from ..spec.shuffle import shuffle_view
 from . import xla_cpu
 
 Array = Any
-#: The layout's axes, and where the spatial ones are.
-LAYOUT = "CHWN"
+#: The spatial axes of a ``(C, H, W, N)`` activation.
 _H, _W = 1, 2
 
 
