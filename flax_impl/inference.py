@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +35,8 @@ from .weights import export_weights
 
 #: What the channel-major graph computes with: jax.numpy, and matmuls at full precision.
 KERNELS = channel_major.Kernels(xp=jnp, const=jnp.asarray,
-                                matmul=lambda a, b: jnp.matmul(a, b, precision=PRECISION), sigmoid=jax.nn.sigmoid)
+                                matmul=lambda a, b: jnp.matmul(a, b, precision=PRECISION), sigmoid=jax.nn.sigmoid,
+                                mean=lambda x, axes, keepdims: jnp.mean(x, axis=axes, keepdims=keepdims))
 
 
 class InferenceFunction(BaseInferenceFunction):
@@ -50,8 +50,7 @@ class InferenceFunction(BaseInferenceFunction):
 
     def _compiled(self, model: nnx.Module) -> Any:
         if self.layout == "channel_major":
-            return jax.jit(functools.partial(channel_major.forward, self.spec, export_weights(model), self.dtype,
-                                             KERNELS))
+            return jax.jit(self._channel_major_forward(export_weights(model), KERNELS))
         graphdef, state = nnx.split(model)
         twin = nnx.merge(graphdef, state)  # new module objects over the same (immutable) arrays
         twin.eval()  # the caller's model keeps its own train/eval flags

@@ -20,7 +20,6 @@ This module imports the *active Keras backend's* own library (lazily, per backen
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -31,13 +30,13 @@ from common.runtime import channel_major
 from common.spec.fusion import conv_bn_pairs, fold_batch_norm
 from common.runtime.inference import InferenceFunction as BaseInferenceFunction
 
-from .layers import Conv2D, DepthwiseConv2D
+from .layers import Conv2D, DepthwiseConv2D, exact_mean
 from .model import get_layer
 from .weights import export_weights
 
 #: What the channel-major graph computes with: Keras's own ops.
 KERNELS = channel_major.Kernels(xp=keras.ops, const=keras.ops.convert_to_tensor, matmul=keras.ops.matmul,
-                                sigmoid=keras.ops.sigmoid)
+                                sigmoid=keras.ops.sigmoid, mean=exact_mean)
 
 
 class InferenceFunction(BaseInferenceFunction):
@@ -58,8 +57,7 @@ class InferenceFunction(BaseInferenceFunction):
                                  f"the JAX backend; this Keras runs on {self.keras_backend!r}")
             import jax  # noqa: PLC0415 - Keras's own backend library
 
-            return jax.jit(functools.partial(channel_major.forward, self.spec, export_weights(model), self.dtype,
-                                             KERNELS))
+            return jax.jit(self._channel_major_forward(export_weights(model), KERNELS))
         return _compile(model, self.keras_backend)
 
     def _to_numpy(self, value: Any) -> np.ndarray:

@@ -157,6 +157,22 @@ class NegInfPadding2D(keras.layers.Layer):
         return {**super().get_config(), "padding": self.padding}
 
 
+def exact_mean(x, axis: int | tuple[int, ...], keepdims: bool = False):
+    """``ops.mean`` that keeps the input's dtype on every backend, as ``sum / count``.
+
+    Keras's ``ops.mean`` computes float64 in float32 on the JAX and torch backends. ``count`` comes from
+    the dynamic shape, so TensorFlow traces with unknown dims work too.
+    """
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    dims = ops.shape(x)
+    count = 1
+    for i in axes:
+        count = count * dims[i]
+    if isinstance(count, int):  # straight into the dtype: never through float32 (counts past 2**24)
+        count = ops.convert_to_tensor(np.asarray(count, dtype=keras.backend.standardize_dtype(x.dtype)))
+    return ops.sum(x, axis=axes, keepdims=keepdims) / ops.cast(count, x.dtype)
+
+
 def _compute_dtype(dtype) -> str:
     """float16/bfloat16 → float32 for reductions; every other float dtype (float64!) stays as is."""
     name = keras.backend.standardize_dtype(dtype)
@@ -191,9 +207,7 @@ class GlobalMeanPooling2D(keras.layers.GlobalAveragePooling2D):
     def call(self, inputs):
         if keras.backend.standardize_dtype(inputs.dtype) != "float64" or self.data_format != "channels_last":
             return super().call(inputs)
-        dims = ops.shape(inputs)
-        count = ops.cast(dims[1] * dims[2], inputs.dtype)
-        return ops.sum(inputs, axis=(1, 2), keepdims=self.keepdims) / count
+        return exact_mean(inputs, (1, 2), self.keepdims)
 
 
 def _counter_dtype() -> str:
@@ -250,14 +264,10 @@ class TorchBatchNormalization(keras.layers.BatchNormalization):
             static = [x.shape[i] for i in axes]
             check_values_per_channel(math.prod(static) if None not in static else None, x.shape,
                                      "batch norm, channels last")
+            mean = exact_mean(x, axes)
+            var = exact_mean(ops.square(x - self._broadcast(mean, ndim)), axes)  # biased (PyTorch)
             dims = ops.shape(x)
-            count = 1
-            for i in axes:
-                count = count * dims[i]
-            count = ops.cast(count, x.dtype)
-            # sum / count, not ops.mean: Keras's mean computes float64 in float32 on JAX and torch.
-            mean = ops.sum(x, axis=axes) / count
-            var = ops.sum(ops.square(x - self._broadcast(mean, ndim)), axis=axes) / count  # biased (PyTorch)
+            count = ops.cast(math.prod(dims[i] for i in axes), x.dtype)
             unbiased = var * count / (count - 1.0)  # running_var uses the unbiased estimate (PyTorch)
             m = self.momentum
             self.moving_mean.assign(ops.cast(
@@ -347,15 +357,13 @@ class ShuffleAttention(keras.layers.Layer):
         x = ops.cast(inputs, _compute_dtype(inputs.dtype))
         dtype = x.dtype
         dims = ops.shape(x)  # dynamic N, H, W (tensors under tf.function) are fine here
-        # sum / count, not ops.mean: Keras's mean computes float64 in float32 on JAX and torch.
-        count = ops.cast(dims[1] * dims[2], dtype)
         params = [ops.cast(v, dtype) for v in (self.cweight, self.cbias, self.sweight, self.sbias, self.gamma,
                                                self.beta)]
         y = shuffle_attention.gated_halves(
             ops, x, tuple(dims[:3]), int(x.shape[-1]), self.groups, params,
             # epsilon straight into dtype: ops.cast(1e-5, "float64") would round it through float32 first
             ops.convert_to_tensor(self.epsilon, dtype=dtype),
-            lambda t: ops.sum(t, axis=(1, 2), keepdims=True) / count, ops.sigmoid, ops.rsqrt)
+            lambda t: exact_mean(t, (1, 2), keepdims=True), ops.sigmoid, ops.rsqrt)
         return ops.cast(channel_shuffle(y, 2, "paper"), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):

@@ -21,6 +21,7 @@ from common.runtime.checks import check_input, check_labels, check_step_hyperpar
 from common.weights.porting import running_statistics, to_canonical
 
 from . import _autodiff
+from .layers import exact_mean
 from .weights import export_weights, keras_variables
 
 
@@ -32,15 +33,13 @@ def _check_input(model: keras.Model, x: object, dtype: str) -> np.ndarray:
 def cross_entropy(logits: Any, labels: Any) -> Any:
     """Mean softmax cross-entropy of ``(N, C)`` logits against integer labels (``F.cross_entropy``).
 
-    Written with ``max`` / ``exp`` / ``log`` / ``sum`` and an explicit ``/ N`` because those keep float64 in
+    Written with ``max`` / ``exp`` / ``log`` / ``sum`` and :func:`exact_mean` because those keep float64 in
     float64 on every backend (Keras' ``ops.mean`` and its losses' default ``floatx`` dtype would demote it).
     """
     shifted = logits - ops.stop_gradient(ops.max(logits, axis=-1, keepdims=True))
     log_sum = ops.log(ops.sum(ops.exp(shifted), axis=-1))
     picked = ops.squeeze(ops.take_along_axis(shifted, ops.expand_dims(labels, -1), axis=-1), -1)
-    dtype = keras.backend.standardize_dtype(logits.dtype)
-    count = ops.convert_to_tensor(np.asarray(ops.shape(logits)[0], dtype=dtype))
-    return ops.sum(log_sum - picked) / count
+    return exact_mean(log_sum - picked, 0)
 
 
 class _ExactSGD(keras.optimizers.SGD):

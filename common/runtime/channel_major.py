@@ -35,7 +35,7 @@ import numpy as np
 from ..spec import ir
 from ..spec.fusion import conv_bn_pairs, fold_batch_norm
 from ..spec.shuffle import shuffle_view
-from . import xla_cpu
+from . import xla_conv, xla_cpu
 
 Array = Any
 #: The spatial axes of a ``(C, H, W, N)`` activation.
@@ -47,12 +47,14 @@ class Kernels:
     """What a backend lends the walk. ``xp`` spells ``reshape, transpose, pad, stack, concatenate, maximum,
     sum, sqrt`` as NumPy does (``jax.numpy``, ``keras.ops``); ``const`` makes a backend array of a NumPy
     one; ``matmul(a, b)`` is ``a @ b`` batched over a leading axis, at full precision; ``sigmoid`` the
-    logistic function."""
+    logistic function; ``mean(x, axes, keepdims)`` a mean in ``x``'s own dtype (Keras's ``ops.mean``
+    computes float64 in float32 on JAX)."""
 
     xp: Any
     const: Callable[[np.ndarray], Array]
     matmul: Callable[[Array, Array], Array]
     sigmoid: Callable[[Array], Array]
+    mean: Callable[[Array, tuple[int, ...], bool], Array]
 
 
 class _Walk:
@@ -83,29 +85,11 @@ def _column(walk: _Walk, values: np.ndarray, ndim: int = 4) -> Array:
     return walk.const(np.asarray(values).reshape((-1,) + (1,) * (ndim - 1)))
 
 
-def _mean(walk: _Walk, x: Array, axes: tuple[int, ...], keepdims: bool = True) -> Array:
-    """Mean over ``axes`` as sum / count: Keras's ``ops.mean`` computes float64 in float32 on JAX."""
-    count = int(np.prod([x.shape[a] for a in axes]))
-    return walk.k.xp.sum(x, axis=axes, keepdims=keepdims) * walk.const(np.asarray(1.0 / count))
-
-
 def windows(xp: Any, x: Array, kernel: int, stride: int, pad: int,
             fill: float = 0.0) -> Iterator[tuple[int, int, Array]]:
-    """``(i, j, window)`` for every tap of a k x k window op on ``(C, H, W, N)`` ``x``, PyTorch's symmetric
-    padding (by ``fill``) and floor rounding; each window a contiguous slice of a stride² phase view, as
-    :func:`common.runtime.xla_conv.windows` does for NHWC."""
-    if pad:
-        x = xp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=fill)
-    c, h, w, n = x.shape
-    ho, wo = (h - kernel) // stride + 1, (w - kernel) // stride + 1
-    hp, wp = -(-h // stride) * stride, -(-w // stride) * stride  # round up to whole phases
-    if (hp, wp) != (h, w):
-        x = xp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)), constant_values=fill)
-    phases = xp.reshape(x, (c, hp // stride, stride, wp // stride, stride, n))
-    for i in range(kernel):
-        for j in range(kernel):
-            y0, x0 = i // stride, j // stride
-            yield i, j, phases[:, y0:y0 + ho, i % stride, x0:x0 + wo, j % stride, :]
+    """``(i, j, window)`` for every tap of a square k x k window op on ``(C, H, W, N)`` ``x``, PyTorch's
+    symmetric padding (by ``fill``) and floor rounding (:func:`common.runtime.xla_conv.windows`)."""
+    return xla_conv.windows(xp, x, (kernel, kernel), (stride, stride), pad, fill)
 
 
 # ----------------------------------------------------------------------------------------- ops
@@ -219,11 +203,11 @@ def _(node: ir.ShuffleAttention, x: Array, walk: _Walk, path: str) -> Array:
     def col(role: str) -> Array:
         return walk.const(walk.param(path, role).reshape(1, half, 1, 1, 1))
 
-    pooled = _mean(walk, first, hw)
+    pooled = walk.k.mean(first, hw, True)
     channel = first * sig(col("cweight") * pooled + col("cbias"))
-    mean = _mean(walk, second, hw)
+    mean = walk.k.mean(second, hw, True)
     centred = second - mean
-    var = _mean(walk, centred * centred, hw)
+    var = walk.k.mean(centred * centred, hw, True)
     normed = centred / xp.sqrt(var + walk.const(np.asarray(node.eps))) * col("gn.weight") + col("gn.bias")
     spatial = second * sig(col("sweight") * normed + col("sbias"))
     return shuffle(xp, xp.reshape(xp.concatenate([channel, spatial], axis=1), (c,) + rest), 2)
@@ -283,7 +267,7 @@ def forward(spec: ir.NetworkSpec, weights: Mapping[str, np.ndarray], dtype: str,
     for stage in spec.stages:
         x = apply(stage, x, walk, stage.name)
     x = walk.chain(spec.head, x, "")
-    features = _mean(walk, x, (_H, _W), keepdims=False)  # (C, N)
+    features = walk.k.mean(x, (_H, _W), False)  # (C, N)
     logits = kernels.matmul(walk.const(walk.param("fc", "weight")), features)
     bias = walk.param("fc", "bias")
     if bias is not None:

@@ -3,11 +3,14 @@ backend's arrays that knows its network and dtype and answers ``forward_numpy`` 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from ..spec.ir import NetworkSpec
+from . import channel_major
 from .checks import check_input
 from .dtypes import dtype_name
 
@@ -36,6 +39,12 @@ class InferenceFunction:
 
     def _compiled(self, model: Any) -> Any:
         raise NotImplementedError
+
+    def _channel_major_forward(self, weights: Mapping[str, np.ndarray],
+                               kernels: channel_major.Kernels) -> Callable[[Any], Any]:
+        """``x_nhwc → logits`` as the channel-major graph over canonical ``weights``, for the backend to
+        ``jit``: the one spelling behind every ``layout="channel_major"``."""
+        return functools.partial(channel_major.forward, self.spec, weights, self.dtype, kernels)
 
     def _to_numpy(self, value: Any) -> np.ndarray:
         return np.asarray(value)

@@ -38,16 +38,17 @@ def subsample(x: Array, strides: tuple[int, int]) -> Array:
 
 
 def windows(xp: Namespace, x: Array, kernel_hw: tuple[int, int], strides: tuple[int, int],
-            pad: int = 0) -> Iterator[tuple[int, int, Array]]:
-    """``(i, j, window)`` for every kernel tap of a VALID conv on ``x`` zero-padded by ``pad``: the values
-    tap ``(i, j)`` meets, ``x[:, i::sh, j::sw]`` cut to the output size, taps row-major.
+            pad: int = 0, fill: float = 0.0) -> Iterator[tuple[int, int, Array]]:
+    """``(i, j, window)`` for every kernel tap of a VALID conv or pool on ``x`` padded by ``pad`` (with
+    ``fill``): the values tap ``(i, j)`` meets, ``x[:, i::sh, j::sw]`` cut to the output size, taps
+    row-major. The spatial axes are 1 and 2: NHWC, and the channel-major graph's ``(C, H, W, N)``.
 
     With static spatial dims ``x`` is first reshaped into stride² phases (at stride 1 too), so each window
     is a contiguous slice of one array: XLA runs strided slices about 1.5x slower, and bare slices let it
     fuse the producer of ``x`` into every window and recompute it (ResNeXt stage 1: 56 → 147 ms). Dynamic
     dims (TensorFlow traces) take strided slices (:func:`window`)."""
     if pad:
-        x = xp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        x = xp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=fill)
     (kh, kw), (sh, sw) = kernel_hw, strides
     _, h, w, c = x.shape
     if h is None or w is None:
@@ -60,7 +61,7 @@ def windows(xp: Namespace, x: Array, kernel_hw: tuple[int, int], strides: tuple[
         raise ValueError(f"Conv2d: padded input {h}x{w} is smaller than the {kh}x{kw} kernel")
     hp, wp = -(-h // sh) * sh, -(-w // sw) * sw  # round up to whole phases
     if (hp, wp) != (h, w):
-        x = xp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
+        x = xp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)), constant_values=fill)
     phases = xp.reshape(x, (-1, hp // sh, sh, wp // sw, sw, c))
     for i in range(kh):
         for j in range(kw):
