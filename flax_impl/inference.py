@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from common.runtime import channel_major
+from common.runtime.inference import MAX_CALL_BYTES
 from common.runtime.inference import InferenceFunction as BaseInferenceFunction
 
 from .blocks import iter_modules
@@ -45,8 +46,10 @@ class InferenceFunction(BaseInferenceFunction):
     backend = "flax_impl"
     layouts = ("channels_last", "channel_major")
 
-    def __init__(self, model: nnx.Module, layout: str | None = None) -> None:
-        super().__init__(model, model_dtype(model) if isinstance(model, nnx.Module) else None, layout)
+    def __init__(self, model: nnx.Module, layout: str | None = None,
+                 max_call_bytes: int | None = MAX_CALL_BYTES) -> None:
+        super().__init__(model, model_dtype(model) if isinstance(model, nnx.Module) else None, layout,
+                         max_call_bytes)
 
     def _compiled(self, model: nnx.Module) -> Any:
         if self.layout == "channel_major":
@@ -60,18 +63,28 @@ class InferenceFunction(BaseInferenceFunction):
         graphdef, state = nnx.split(twin)
         return jax.jit(lambda x: nnx.merge(graphdef, state)(x))
 
-    def __call__(self, x: Any) -> jax.Array:
-        return self._forward(jnp.asarray(x, self.dtype))
+    def _prepare(self, x: Any) -> jax.Array:
+        return jnp.asarray(x, self.dtype)
+
+    def _call_bytes(self, x: jax.Array) -> int | None:
+        return self._xla_call_bytes(x)
+
+    def _concatenate(self, parts: list[jax.Array]) -> jax.Array:
+        return jnp.concatenate(parts, axis=0)
 
 
-def optimize_for_inference(model: nnx.Module, layout: str = "channels_last") -> InferenceFunction:
+def optimize_for_inference(model: nnx.Module, layout: str = "channels_last",
+                           max_call_bytes: int | None = MAX_CALL_BYTES) -> InferenceFunction:
     """A jitted eval-mode forward of ``model`` with its current weights baked in as constants; ``layout``:
     ``"channels_last"`` (the model's own graph) or ``"channel_major"`` (module docstring). NHWC input either way.
+
+    A batch whose call needs more than ``max_call_bytes`` of working memory runs as micro-batches
+    (:mod:`common.runtime.inference`: no page faults per call); ``None`` runs every batch whole.
 
     Later changes to ``model`` (training, ``load_weights``) do not reach the returned function: make a new
     one. The compiled executable holds its own copy of the weights (memory: about one more set of weights).
     """
-    return InferenceFunction(model, layout)
+    return InferenceFunction(model, layout, max_call_bytes)
 
 
 __all__ = ["InferenceFunction", "optimize_for_inference"]

@@ -28,6 +28,7 @@ import numpy as np
 
 from common.runtime import channel_major
 from common.spec.fusion import conv_bn_pairs, fold_batch_norm
+from common.runtime.inference import MAX_CALL_BYTES
 from common.runtime.inference import InferenceFunction as BaseInferenceFunction
 
 from .layers import Conv2D, DepthwiseConv2D, exact_mean
@@ -46,9 +47,10 @@ class InferenceFunction(BaseInferenceFunction):
     backend = "keras_impl"
     layouts = ("channels_last", "channel_major")
 
-    def __init__(self, model: keras.Model, layout: str | None = None) -> None:
+    def __init__(self, model: keras.Model, layout: str | None = None,
+                 max_call_bytes: int | None = MAX_CALL_BYTES) -> None:
         self.keras_backend = keras.backend.backend()
-        super().__init__(model, getattr(model, "groupnets_dtype", None), layout)
+        super().__init__(model, getattr(model, "groupnets_dtype", None), layout, max_call_bytes)
 
     def _compiled(self, model: keras.Model) -> Callable[[Any], Any]:
         if self.layout == "channel_major":
@@ -63,9 +65,16 @@ class InferenceFunction(BaseInferenceFunction):
     def _to_numpy(self, value: Any) -> np.ndarray:
         return keras.ops.convert_to_numpy(value)
 
+    def _call_bytes(self, x: Any) -> int | None:
+        # XLA on JAX says what a call needs; TensorFlow's allocator keeps its memory (no faults to save)
+        return self._xla_call_bytes(x) if self.keras_backend == "jax" else None
+
+    def _concatenate(self, parts: list[Any]) -> Any:
+        return keras.ops.concatenate(parts, axis=0)
+
     def __repr__(self) -> str:
         return (f"InferenceFunction({self.spec.name}, dtype={self.dtype}, backend={self.keras_backend}, "
-                f"layout={self.layout})")
+                f"layout={self.layout}, max_call_bytes={self.max_call_bytes})")
 
 
 def _compile(model: keras.Model, backend: str) -> Callable[[Any], Any]:
@@ -143,10 +152,14 @@ def _folded_conv(layer: keras.layers.Layer, kernel: Any, bias: Any) -> Callable[
     return run
 
 
-def optimize_for_inference(model: keras.Model, layout: str = "channels_last") -> InferenceFunction:
+def optimize_for_inference(model: keras.Model, layout: str = "channels_last",
+                           max_call_bytes: int | None = MAX_CALL_BYTES) -> InferenceFunction:
     """The recommended compiled eval forward of a groupnets Keras network (see the module docstring);
-    the model itself is not modified. ``layout="channel_major"``: JAX only (module docstring)."""
-    return InferenceFunction(model, layout)
+    the model itself is not modified. ``layout="channel_major"``: JAX only (module docstring).
+
+    On JAX a batch whose call needs more than ``max_call_bytes`` of working memory runs as micro-batches
+    (:mod:`common.runtime.inference`); ``None`` runs every batch whole."""
+    return InferenceFunction(model, layout, max_call_bytes)
 
 
 __all__ = ["InferenceFunction", "optimize_for_inference"]
