@@ -26,8 +26,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from common.runtime import channel_major
-from common.runtime.inference import MAX_CALL_BYTES
 from common.runtime.inference import InferenceFunction as BaseInferenceFunction
+from common.runtime.micro_batch import MAX_BUFFER_BYTES
 
 from .blocks import iter_modules
 from .bridge import model_dtype
@@ -47,9 +47,9 @@ class InferenceFunction(BaseInferenceFunction):
     layouts = ("channels_last", "channel_major")
 
     def __init__(self, model: nnx.Module, layout: str | None = None,
-                 max_call_bytes: int | None = MAX_CALL_BYTES) -> None:
+                 max_buffer_bytes: int | None = MAX_BUFFER_BYTES) -> None:
         super().__init__(model, model_dtype(model) if isinstance(model, nnx.Module) else None, layout,
-                         max_call_bytes)
+                         max_buffer_bytes)
 
     def _compiled(self, model: nnx.Module) -> Any:
         if self.layout == "channel_major":
@@ -66,25 +66,25 @@ class InferenceFunction(BaseInferenceFunction):
     def _prepare(self, x: Any) -> jax.Array:
         return jnp.asarray(x, self.dtype)
 
-    def _call_bytes(self, x: jax.Array) -> int | None:
-        return self._xla_call_bytes(x)
+    def _buffer_bytes(self, x: jax.Array) -> int | None:
+        return self._xla_buffer_bytes(x)
 
     def _concatenate(self, parts: list[jax.Array]) -> jax.Array:
         return jnp.concatenate(parts, axis=0)
 
 
 def optimize_for_inference(model: nnx.Module, layout: str = "channels_last",
-                           max_call_bytes: int | None = MAX_CALL_BYTES) -> InferenceFunction:
+                           max_buffer_bytes: int | None = MAX_BUFFER_BYTES) -> InferenceFunction:
     """A jitted eval-mode forward of ``model`` with its current weights baked in as constants; ``layout``:
     ``"channels_last"`` (the model's own graph) or ``"channel_major"`` (module docstring). NHWC input either way.
 
-    A batch whose call needs more than ``max_call_bytes`` of working memory runs as micro-batches
+    A batch whose call needs more than ``max_buffer_bytes`` of working memory runs as micro-batches
     (:mod:`common.runtime.inference`: no page faults per call); ``None`` runs every batch whole.
 
     Later changes to ``model`` (training, ``load_weights``) do not reach the returned function: make a new
     one. The compiled executable holds its own copy of the weights (memory: about one more set of weights).
     """
-    return InferenceFunction(model, layout, max_call_bytes)
+    return InferenceFunction(model, layout, max_buffer_bytes)
 
 
 __all__ = ["InferenceFunction", "optimize_for_inference"]

@@ -28,8 +28,8 @@ import numpy as np
 
 from common.runtime import channel_major
 from common.spec.fusion import conv_bn_pairs, fold_batch_norm
-from common.runtime.inference import MAX_CALL_BYTES
 from common.runtime.inference import InferenceFunction as BaseInferenceFunction
+from common.runtime.micro_batch import MAX_BUFFER_BYTES
 
 from .layers import Conv2D, DepthwiseConv2D, exact_mean
 from .model import get_layer
@@ -48,9 +48,9 @@ class InferenceFunction(BaseInferenceFunction):
     layouts = ("channels_last", "channel_major")
 
     def __init__(self, model: keras.Model, layout: str | None = None,
-                 max_call_bytes: int | None = MAX_CALL_BYTES) -> None:
+                 max_buffer_bytes: int | None = MAX_BUFFER_BYTES) -> None:
         self.keras_backend = keras.backend.backend()
-        super().__init__(model, getattr(model, "groupnets_dtype", None), layout, max_call_bytes)
+        super().__init__(model, getattr(model, "groupnets_dtype", None), layout, max_buffer_bytes)
 
     def _compiled(self, model: keras.Model) -> Callable[[Any], Any]:
         if self.layout == "channel_major":
@@ -65,16 +65,16 @@ class InferenceFunction(BaseInferenceFunction):
     def _to_numpy(self, value: Any) -> np.ndarray:
         return keras.ops.convert_to_numpy(value)
 
-    def _call_bytes(self, x: Any) -> int | None:
+    def _buffer_bytes(self, x: Any) -> int | None:
         # XLA on JAX says what a call needs; TensorFlow's allocator keeps its memory (no faults to save)
-        return self._xla_call_bytes(x) if self.keras_backend == "jax" else None
+        return self._xla_buffer_bytes(x) if self.keras_backend == "jax" else None
 
     def _concatenate(self, parts: list[Any]) -> Any:
         return keras.ops.concatenate(parts, axis=0)
 
     def __repr__(self) -> str:
         return (f"InferenceFunction({self.spec.name}, dtype={self.dtype}, backend={self.keras_backend}, "
-                f"layout={self.layout}, max_call_bytes={self.max_call_bytes})")
+                f"layout={self.layout}, max_buffer_bytes={self.max_buffer_bytes})")
 
 
 def _compile(model: keras.Model, backend: str) -> Callable[[Any], Any]:
@@ -153,13 +153,13 @@ def _folded_conv(layer: keras.layers.Layer, kernel: Any, bias: Any) -> Callable[
 
 
 def optimize_for_inference(model: keras.Model, layout: str = "channels_last",
-                           max_call_bytes: int | None = MAX_CALL_BYTES) -> InferenceFunction:
+                           max_buffer_bytes: int | None = MAX_BUFFER_BYTES) -> InferenceFunction:
     """The recommended compiled eval forward of a groupnets Keras network (see the module docstring);
     the model itself is not modified. ``layout="channel_major"``: JAX only (module docstring).
 
-    On JAX a batch whose call needs more than ``max_call_bytes`` of working memory runs as micro-batches
+    On JAX a batch whose call needs more than ``max_buffer_bytes`` of working memory runs as micro-batches
     (:mod:`common.runtime.inference`); ``None`` runs every batch whole."""
-    return InferenceFunction(model, layout, max_call_bytes)
+    return InferenceFunction(model, layout, max_buffer_bytes)
 
 
 __all__ = ["InferenceFunction", "optimize_for_inference"]

@@ -19,6 +19,7 @@ from common.check.compare import BOUNDS, compare
 from common.check.oracle import forward
 from common.spec import ir
 from common.spec.fusion import conv_bn_pairs
+from common.spec.summary import peak_activation
 from conftest import import_backend
 from harness import FULL, TRAIN_MODELS, keras_backend, network_outputs, network_weights, train_spec
 
@@ -308,7 +309,7 @@ def test_optimized_function_matches_oracle(framework, layout, model, dtype):
         assert max_rel <= BOUNDS[dtype], f"{framework} {model} {dtype} {size}: max rel {max_rel:.3e} (|Δ| {max_abs:.3e})"
 
 
-@pytest.mark.parametrize("batch,call_bytes,limit,rows", [
+@pytest.mark.parametrize("batch,buffer_bytes,limit,rows", [
     (32, 230, 31, 4),    # ShuffleNet V1 g8 at 224 (MiB): 7.2 a row, 4 fit, 4 divides 32
     (32, 56, 31, 16),    # ShuffleNet V2 x1.0: 17 fit, 16 divides
     (32, 144, 31, 4),    # V1 g3: 6 fit, the divisor 4 is kept (a call fewer than 6 would not pay a compile)
@@ -318,38 +319,50 @@ def test_optimized_function_matches_oracle(framework, layout, model, dtype):
     (1, 528, 31, 1),     # one row never splits
     (8, 800, None, 8),   # no limit
 ])
-def test_micro_batch_size(batch, call_bytes, limit, rows):
-    """The rows per call :mod:`common.runtime.inference` picks for a batch whose call needs ``call_bytes``
+def test_micro_batch_size(batch, buffer_bytes, limit, rows):
+    """The rows per call :mod:`common.runtime.micro_batch` picks for a batch whose call needs ``buffer_bytes``
     (MiB here)."""
-    from common.runtime.inference import micro_batch_size
+    from common.runtime.micro_batch import micro_batch_size
     mib = 2**20
-    assert micro_batch_size(batch, call_bytes * mib, limit and limit * mib) == rows
+    assert micro_batch_size(batch, buffer_bytes * mib, limit and limit * mib) == rows
 
 
-@pytest.mark.parametrize("framework,layout", LAYOUTS)
-def test_micro_batches_match_the_oracle(framework, layout):
-    """A batch past ``max_call_bytes`` runs as micro-batches (a ragged last one here) and gives every row
-    its own logits in order; where the backend cannot say what a call costs (Keras off JAX) it runs whole."""
+@pytest.mark.parametrize("framework", ["torch", "flax", "keras"])
+def test_micro_batches_match_the_oracle(framework):
+    """A batch past ``max_buffer_bytes`` runs as micro-batches (a ragged last one here) and gives every row
+    its own logits in order; where the backend cannot say what a call costs (Keras off JAX) it runs whole.
+    The split is one loop per fast path over any of its compiled forwards, so one layout / mode proves it."""
     model = "shufflenet_v2_x0_5"
     backend = import_backend(framework)
     net = backend.create_model(family_spec(model), dtype="float32")
-    backend.load_weights(net, family_weights(model))
-    x2 = _nhwc(_input(SIZE))
-    x = np.concatenate([x2, x2[::-1], x2[:1]])  # 5 rows, no two neighbours alike
-    oracle = family_oracle(model, SIZE)["logits"][[0, 1, 1, 0, 0]]
-    whole = backend.optimize_for_inference(net, layout=layout)._call_bytes(x.astype("float32"))
-    if whole is None:
-        assert framework == "keras" and keras_backend() != "jax"
-        fast = backend.optimize_for_inference(net, layout=layout, max_call_bytes=1)
-        assert fast.micro_batch(x) == len(x)
-    else:
-        fast = backend.optimize_for_inference(net, layout=layout, max_call_bytes=int(whole * 0.7))
-        assert 1 < fast.micro_batch(np.asarray(x, "float32")) < len(x)
-    max_abs, max_rel = compare(fast.forward_numpy(x)["logits"], oracle)
-    assert max_rel <= BOUNDS["float32"], f"{framework} {layout}: max rel {max_rel:.3e} (|Δ| {max_abs:.3e})"
     for bad in (0, -1, 2.5, True, "32 MiB"):
-        with pytest.raises(ValueError, match="max_call_bytes"):
-            backend.optimize_for_inference(net, layout=layout, max_call_bytes=bad)
+        with pytest.raises(ValueError, match="max_buffer_bytes"):
+            backend.optimize_for_inference(net, max_buffer_bytes=bad)
+    x2 = _input(SIZE).astype("float32")
+    x = np.concatenate([x2, x2[::-1], x2[:1]])  # 5 rows, no two neighbours alike
+    if framework != "torch":
+        x = _nhwc(x)
+    if framework == "keras" and keras_backend() != "jax":
+        fast = backend.optimize_for_inference(net, max_buffer_bytes=1)
+        assert fast._buffer_bytes(x) is None and fast.micro_batch(x) == len(x)
+        return
+    backend.load_weights(net, family_weights(model))
+    if framework == "torch":
+        import torch
+        sample = torch.from_numpy(x)
+        assert backend.optimize_for_inference(net, mode="eager", max_buffer_bytes=None).micro_batch(sample) == len(x)
+        row = backend.inference.OP_BUFFER_FACTOR * x.itemsize * peak_activation(family_spec(model), SIZE)
+        fast = backend.optimize_for_inference(net, mode="eager", max_buffer_bytes=int(0.7 * len(x) * row))
+    else:
+        sample = x
+        assert backend.optimize_for_inference(net, max_buffer_bytes=None).micro_batch(x) == len(x)
+        fast = backend.optimize_for_inference(net)
+        fast.max_buffer_bytes = int(fast._buffer_bytes(x) * 0.7)  # the whole batch's own figure
+    assert 1 < fast.micro_batch(sample) < len(x)  # 3 of the 5 rows fit: calls of 3 and 2
+    got = backend.forward_numpy(fast, x)["logits"] if framework == "torch" else fast.forward_numpy(x)["logits"]
+    oracle = family_oracle(model, SIZE)["logits"][[0, 1, 1, 0, 0]]
+    max_abs, max_rel = compare(got, oracle)
+    assert max_rel <= BOUNDS["float32"], f"{framework}: max rel {max_rel:.3e} (|Δ| {max_abs:.3e})"
 
 
 @pytest.mark.parametrize("framework", ["keras", "flax"])

@@ -214,3 +214,14 @@ def test_summary_counts_shuffle_attention():
         c, hw = stage_sizes.get(ours.name, (0, 0))
         assert ours.macs - theirs.macs == blocks.get(ours.name, 0) * (c // 2 + 3 * c // 2 * hw * hw)
         assert ours.params - theirs.params == blocks.get(ours.name, 0) * 3 * c // 64
+
+
+@pytest.mark.parametrize("name,peak", [
+    ("shufflenet_v2_x1_0", 24 * 112 * 112),   # the stem conv's output
+    ("sa_resnet50", 64 * 112 * 112),          # the stem conv's output (= layer1's 256 x 56 x 56)
+    ("resnext101_64x4d", 512 * 56 * 56),      # inside a block: layer2.0's conv1 (width 512) before its stride
+])
+def test_peak_activation(name, peak):
+    """The largest tensor of one row at 224 x 224, which sizes torch's micro-batches."""
+    from common.spec.summary import peak_activation
+    assert peak_activation(get_spec(name), 224) == peak

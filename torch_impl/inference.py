@@ -15,14 +15,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.runtime.micro_batch import MAX_BUFFER_BYTES, check_max_buffer_bytes, micro_batch_size
 from common.spec import ir
 from common.spec.fusion import conv_bn_pairs, fold_batch_norm
 from common.spec.ir import NetworkSpec
+from common.spec.summary import peak_activation
 
 from .bridge import _device, model_dtype
 from .weights import _unwrap
 
 Mode = Literal["auto", "eager", "script", "compile", "aot"]
+
+#: The largest buffer of a call, in multiples of its largest activation: the ops' own temporaries and the
+#: buffers live at once. Measured (batch 32 at 224, minor faults per call): ShuffleNet V1 g8 eager faulted
+#: with 8 rows a call (9.2 MB largest activation) and not with 4; SA-ResNet-50 with 8 rows (24.5 MB), not
+#: with 4 (docs/performance.md, fourth round).
+OP_BUFFER_FACTOR = 4
 MODES = ("auto", "eager", "script", "compile", "aot")
 
 
@@ -95,22 +103,46 @@ class InferenceModel(nn.Module):
 
     Keeps ``spec`` and the dtype, so ``forward_numpy`` and ``common.check.verify`` drive it like any model.
     ``forward_taps`` exists for the eager variant only (frozen / compiled graphs give logits only).
+    A batch whose largest activation would pass ``max_buffer_bytes`` runs as micro-batches
+    (:meth:`micro_batch`).
     """
 
     def __init__(self, net: nn.Module, spec: NetworkSpec, dtype: torch.dtype, channels_last: bool,
-                 mode: Mode) -> None:
+                 mode: Mode, max_buffer_bytes: int | None = MAX_BUFFER_BYTES) -> None:
         super().__init__()
         self.net = net
         self.spec = spec
         self.channels_last = channels_last
         self.mode = mode
+        self.max_buffer_bytes = check_max_buffer_bytes(max_buffer_bytes, "torch_impl.optimize_for_inference")
         self._groupnets_dtype = dtype
         self._aot: dict[tuple, object] = {}  # mode="aot": (shape, dtype, strides) -> compiled runner
+        self._micro: dict[tuple, int] = {}  # (input shape, dtype) -> rows per call
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def micro_batch(self, x: torch.Tensor) -> int:
+        """Rows per call for a batch shaped like ``x``, its largest buffer kept within ``max_buffer_bytes``
+        (:mod:`common.runtime.micro_batch`: past it each call maps fresh pages and faults them in).
+
+        PyTorch and Inductor's code allocate op by op, so the largest buffer is taken as
+        :data:`OP_BUFFER_FACTOR` times a row's largest activation
+        (:func:`common.spec.summary.peak_activation`) times the rows."""
+        key = (tuple(x.shape), x.dtype)
+        if key not in self._micro:
+            batch, _, h, w = x.shape
+            row = OP_BUFFER_FACTOR * peak_activation(self.spec, (int(h), int(w))) * x.element_size()
+            self._micro[key] = micro_batch_size(int(batch), int(batch) * row, self.max_buffer_bytes)
+        return self._micro[key]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self.micro_batch(x) if x.dim() == 4 else len(x)
+        if rows >= len(x):
+            return self._forward_whole(x)
+        return torch.cat([self._forward_whole(part) for part in x.split(rows)])
+
+    def _forward_whole(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "compile":
             # Inductor reads ``freezing`` when it compiles, i.e. on the first call per input shape, so the
             # setting has to be live then; torch.compile(options={"freezing": True}) measured no freezing.
@@ -138,11 +170,12 @@ class InferenceModel(nn.Module):
         return super().train(False)
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, channels_last={self.channels_last}"
+        return f"mode={self.mode!r}, channels_last={self.channels_last}, max_buffer_bytes={self.max_buffer_bytes}"
 
 
 def optimize_for_inference(model: nn.Module, mode: Mode = "auto", channels_last: bool = True,
-                           example_size: tuple[int, int] = (224, 224)) -> InferenceModel:
+                           example_size: tuple[int, int] = (224, 224),
+                           max_buffer_bytes: int | None = MAX_BUFFER_BYTES) -> InferenceModel:
     """A fast inference copy of a network: BatchNorm folded (:func:`fuse_batch_norm`), channels-last
     memory format, and for ``mode="script"`` traced + ``torch.jit.freeze`` + ``optimize_for_inference``
     (constant weights, oneDNN prepacked convs, fused ReLUs, no Python per op — what makes batch 1 fast);
@@ -154,8 +187,10 @@ def optimize_for_inference(model: nn.Module, mode: Mode = "auto", channels_last:
 
     The traced graph takes any batch size and spatial size (nothing in the networks branches on them);
     ``example_size`` is only the tracing input's H, W. ``mode="auto"`` takes :func:`recommended_mode`.
-    The source model is not modified.
+    A batch whose largest activation would pass ``max_buffer_bytes`` runs as micro-batches that fit
+    (:meth:`InferenceModel.micro_batch`); ``None`` runs every batch whole. The source model is not modified.
     """
+    check_max_buffer_bytes(max_buffer_bytes, "torch_impl.optimize_for_inference")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     source = _unwrap(model)
@@ -180,7 +215,7 @@ def optimize_for_inference(model: nn.Module, mode: Mode = "auto", channels_last:
         with torch.no_grad():
             traced = torch.jit.trace(net, (example,), check_trace=False)
             net = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-    return InferenceModel(net, spec, dtype, channels_last, mode).eval()
+    return InferenceModel(net, spec, dtype, channels_last, mode, max_buffer_bytes).eval()
 
 
 __all__ = ["InferenceModel", "fuse_batch_norm", "optimize_for_inference", "recommended_mode"]

@@ -1,19 +1,14 @@
 """What a compiled eval-mode forward is in every channels-last backend, written once: a callable over the
 backend's arrays that knows its network and dtype and answers ``forward_numpy`` like the model does.
 
-A large batch runs as equal micro-batches when one call on it would need more working memory than
-:data:`MAX_CALL_BYTES`. Why that limit: glibc's ``malloc`` serves a larger request with a fresh ``mmap`` and
-unmaps it on free, so every page of an XLA executable's working buffer faults in again on every call
-(ShuffleNet V1 g8, batch 32 at 224: 58k faults and 249-278 ms a call); a request within it comes from the
-heap and is kept for the next call (four calls of 4 images: no faults, 168-184 ms;
-``docs/performance.md``, fourth round). The backend says what a call needs (XLA's memory analysis); one
-that cannot say never splits.
+On JAX a large batch runs as micro-batches whose working buffer fits :data:`MAX_BUFFER_BYTES`
+(:mod:`common.runtime.micro_batch`; XLA's memory analysis says what a call needs). A backend that cannot
+say runs every batch whole.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,29 +18,13 @@ from ..spec.ir import NetworkSpec
 from . import channel_major
 from .checks import check_input
 from .dtypes import dtype_name
-
-
-#: The most working memory one compiled call gets before the batch is split: glibc's largest dynamic mmap
-#: threshold (32 MiB on 64-bit), less a MiB for the chunk header and page rounding.
-MAX_CALL_BYTES = 31 * 2**20
-
-
-def micro_batch_size(batch: int, call_bytes: int, max_call_bytes: int | None) -> int:
-    """The rows per call for a ``batch`` whose whole call needs ``call_bytes``: ``batch`` when that fits
-    ``max_call_bytes`` (or the limit is None), else the largest size that fits assuming memory linear in
-    rows — rounded down to a divisor of ``batch`` when one is at least half of it (no ragged last call,
-    so no second compile), and never below 1."""
-    if max_call_bytes is None or call_bytes <= max_call_bytes or batch <= 1:
-        return batch
-    fits = max(1, min(batch, int(max_call_bytes // math.ceil(call_bytes / batch))))
-    divisor = max(d for d in range(1, fits + 1) if batch % d == 0)
-    return divisor if 2 * divisor >= fits else fits
+from .micro_batch import MAX_BUFFER_BYTES, check_max_buffer_bytes, micro_batch_size
 
 
 class InferenceFunction:
     """``logits = fast(x)``. A backend subclass sets :attr:`backend` and :attr:`channels_last` and
     implements :meth:`_compiled` (the backend's compiled forward) and :meth:`_to_numpy`; one that can say
-    what a call costs (:meth:`_call_bytes`) also :meth:`_concatenate`, and gets micro-batches."""
+    what a call costs (:meth:`_buffer_bytes`) also :meth:`_concatenate`, and gets micro-batches."""
 
     backend = "common"
     channels_last = True
@@ -53,7 +32,7 @@ class InferenceFunction:
     layouts: tuple[str, ...] = ("channels_last",)
 
     def __init__(self, model: Any, dtype: object, layout: str | None = None,
-                 max_call_bytes: int | None = MAX_CALL_BYTES) -> None:
+                 max_buffer_bytes: int | None = MAX_BUFFER_BYTES) -> None:
         spec = getattr(model, "spec", None)
         if not isinstance(spec, NetworkSpec):
             raise TypeError(f"optimize_for_inference needs a whole groupnets network, got {type(model).__name__}")
@@ -61,14 +40,10 @@ class InferenceFunction:
         if layout not in self.layouts:
             raise ValueError(f"{self.backend}.optimize_for_inference: layout must be one of {self.layouts}, "
                              f"got {layout!r}")
-        if max_call_bytes is not None and (isinstance(max_call_bytes, bool) or not isinstance(max_call_bytes, int)
-                                           or max_call_bytes < 1):
-            raise ValueError(f"{self.backend}.optimize_for_inference: max_call_bytes must be a positive int or "
-                             f"None, got {max_call_bytes!r}")
         self.spec = spec
         self.dtype = dtype_name(dtype)
         self.layout = layout
-        self.max_call_bytes = max_call_bytes
+        self.max_buffer_bytes = check_max_buffer_bytes(max_buffer_bytes, f"{self.backend}.optimize_for_inference")
         self._micro: dict[tuple, int] = {}  # (input shape, dtype) → rows per call
         self._forward = self._compiled(model)
 
@@ -81,8 +56,8 @@ class InferenceFunction:
         ``jit``: the one spelling behind every ``layout="channel_major"``."""
         return functools.partial(channel_major.forward, self.spec, weights, self.dtype, kernels)
 
-    def _xla_call_bytes(self, x: Any) -> int | None:
-        """:meth:`_call_bytes` of a ``jax.jit`` forward: XLA's own figure for the executable's temporary
+    def _xla_buffer_bytes(self, x: Any) -> int | None:
+        """:meth:`_buffer_bytes` of a ``jax.jit`` forward: XLA's own figure for the executable's temporary
         buffer (one allocation per call), from the compile the call on ``x`` would make anyway."""
         stats = self._forward.lower(x).compile().memory_analysis()
         return None if stats is None else int(stats.temp_size_in_bytes)
@@ -94,8 +69,8 @@ class InferenceFunction:
         """The caller's batch as the compiled forward takes it."""
         return x
 
-    def _call_bytes(self, x: Any) -> int | None:
-        """Working memory one call on ``x`` allocates (compiling for its shape if need be); None: unknown."""
+    def _buffer_bytes(self, x: Any) -> int | None:
+        """The largest buffer one call on ``x`` allocates (compiling for its shape if need be); None: unknown."""
         return None
 
     def _concatenate(self, parts: list[Any]) -> Any:
@@ -107,12 +82,12 @@ class InferenceFunction:
         if key not in self._micro:
             batch = int(x.shape[0])
             rows = batch
-            if self.max_call_bytes is not None and batch > 1:
-                whole = self._call_bytes(x)
+            if self.max_buffer_bytes is not None and batch > 1:
+                whole = self._buffer_bytes(x)
                 if whole is not None:
-                    rows = micro_batch_size(batch, whole, self.max_call_bytes)
+                    rows = micro_batch_size(batch, whole, self.max_buffer_bytes)
                     # the linear estimate, checked on the size that will run (its compile is needed anyway)
-                    while rows > 1 and rows < batch and self._call_bytes(x[:rows]) > self.max_call_bytes:
+                    while rows > 1 and rows < batch and self._buffer_bytes(x[:rows]) > self.max_buffer_bytes:
                         rows = max(1, rows // 2)
             self._micro[key] = rows
         return self._micro[key]
@@ -131,4 +106,4 @@ class InferenceFunction:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.spec.name}, dtype={self.dtype}, backend={self.backend}, "
-                f"layout={self.layout}, max_call_bytes={self.max_call_bytes})")
+                f"layout={self.layout}, max_buffer_bytes={self.max_buffer_bytes})")

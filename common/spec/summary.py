@@ -52,6 +52,37 @@ def trace(node: ir.IRNode, shape: tuple[int, int, int]) -> tuple[tuple[int, int,
     return node.trace(shape)
 
 
+def _peak(node: object, shape: tuple[int, int, int]) -> tuple[tuple[int, int, int], int]:
+    """``(output shape, most elements of any tensor inside)`` for ``node`` on one ``(C, H, W)`` row."""
+    out, _ = node.trace(shape)
+    named = ir.children_of(node)
+    peak = max(math.prod(shape), math.prod(out))
+    if not named:
+        return out, peak
+    chained = named if isinstance(node, (ir.Sequential, ir.Stage)) else tuple(
+        (n, c) for n, c in named if not ir.children_of(c))  # a block's own leaves run in order (Bottleneck)
+    inner = shape
+    for _, child in chained:
+        inner, child_peak = _peak(child, inner)
+        peak = max(peak, child_peak)
+    for _, child in named:  # a block's branches each read the block input (V2's split half: at most that)
+        if ir.children_of(child) and not isinstance(node, (ir.Sequential, ir.Stage)):
+            peak = max(peak, _peak(child, shape)[1])
+    return out, peak
+
+
+def peak_activation(spec: ir.NetworkSpec, input_size: int | tuple[int, int] = 224) -> int:
+    """The most elements one tensor of the network holds for one input row (the stem's or any layer's or
+    branch's output): what sets the largest buffer an op-by-op runtime allocates per row."""
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    shape: tuple[int, int, int] = (spec.in_channels, h, w)
+    peak = math.prod(shape)
+    for _, layer in (*spec.stem, *((stage.name, stage) for stage in spec.stages), *spec.head):
+        shape, layer_peak = _peak(layer, shape)
+        peak = max(peak, layer_peak)
+    return peak
+
+
 def summarize(spec: ir.NetworkSpec, input_size: int | tuple[int, int] = 224) -> ModelSummary:
     """Stem, each stage, head and classifier: output shape, trainable parameters, multiply-adds."""
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
