@@ -15,9 +15,11 @@ conv with few products per output is the taps sum (:mod:`common.runtime.xla_cpu`
 any other one a matmul over its stacked windows (im2col). Every eval BatchNorm that follows a conv is
 folded into it (:mod:`common.spec.fusion`, float64, at trace time), as ONNX Runtime does at load time.
 
-Where it wins is measured, not assumed (``docs/performance.md``, third round): at batch 32 ShuffleNet V1
-g8 and SA-ResNet-50 ran 10-17 % faster than the channels-last graph; V2, ResNeXt (grouped 3x3 taps) and
-batch 1 ran slower, so channels-last stays the default.
+Where it wins is measured, not assumed (``docs/performance.md``): at batch 32 ShuffleNet V1 g8 and
+SA-ResNet-50 ran 10-17 % faster than the channels-last graph on whole batches (third round), mostly through
+fewer page faults; once both run micro-batches (fourth round) channels-last is as fast or faster on all
+five benchmark models, and V2, ResNeXt (grouped 3x3 taps) and batch 1 were slower all along. So
+channels-last is the default and this graph the measured alternative.
 
 Framework-free: the caller lends :class:`Kernels` (its array namespace, constants and full-precision
 matmul). The weights are canonical (torchvision keys, NumPy) and become constants of the caller's ``jit``.
