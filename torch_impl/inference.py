@@ -26,12 +26,13 @@ from .weights import _unwrap
 
 Mode = Literal["auto", "eager", "script", "compile", "aot"]
 
+MODES = ("auto", "eager", "script", "compile", "aot")
+
 #: The largest buffer of a call, in multiples of its largest activation: the ops' own temporaries and the
 #: buffers live at once. Measured (batch 32 at 224, minor faults per call): ShuffleNet V1 g8 eager faulted
 #: with 8 rows a call (9.2 MB largest activation) and not with 4; SA-ResNet-50 with 8 rows (24.5 MB), not
 #: with 4 (docs/performance.md, fourth round).
 OP_BUFFER_FACTOR = 4
-MODES = ("auto", "eager", "script", "compile", "aot")
 
 
 def _inductor_options(dtype: torch.dtype) -> dict[str, bool]:
