@@ -25,7 +25,6 @@ from .bridge import _device, model_dtype
 from .weights import _unwrap
 
 Mode = Literal["auto", "eager", "script", "compile", "aot"]
-
 MODES = ("auto", "eager", "script", "compile", "aot")
 
 #: The largest buffer of a call, in multiples of its largest activation: the ops' own temporaries and the
