@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for ``ben
 
 from benchmarks.timing import median_seconds, peak_mb, reset_peak  # noqa: E402
 ROWS = ("onnxruntime", "torch", "torch_channels_last", "torch_compile", "torch_aot", "torch_fused", "torch_script",
-        "keras_tensorflow_xla", "keras_tensorflow",
+        "keras_tensorflow_xla", "keras_tensorflow", "keras_tensorflow_inference",
         "keras_jax", "keras_jax_inference", "keras_jax_channel_major", "keras_torch", "flax_jit", "flax_inference",
         "flax_channel_major", "naive_keras_v1")
 DEFAULT_MODELS = ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "resnext50_32x4d", "sa_resnet50",
@@ -115,6 +115,10 @@ def run_row(row: str, model: str, batch: int, size: int, threads: int, warmup: i
                                                      else "channels_last")
             x = jax.numpy.asarray(x)
             fn = lambda: fast(x).block_until_ready()  # noqa: E731
+        elif row == "keras_tensorflow_inference":  # keras_impl's recommended path on TensorFlow (XLA)
+            fast = keras_impl.optimize_for_inference(net)
+            x = keras.ops.convert_to_tensor(x)
+            fn = lambda: fast(x).numpy()  # noqa: E731
         else:
             net.compile(jit_compile=(row == "keras_tensorflow_xla") if keras.backend.backend() == "tensorflow"
                         else "auto")
@@ -172,6 +176,7 @@ def _row_env(row: str, threads: int, malloc: str = "default") -> dict:
         env["GLIBC_TUNABLES"] = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), REUSE]))
     if row.startswith("keras_"):
         env["KERAS_BACKEND"] = {"keras_tensorflow_xla": "tensorflow", "keras_tensorflow": "tensorflow",
+                                "keras_tensorflow_inference": "tensorflow",
                                 "keras_jax": "jax", "keras_jax_inference": "jax", "keras_jax_channel_major": "jax",
                                 "keras_torch": "torch"}[row]
     if row == "naive_keras_v1":
