@@ -79,7 +79,7 @@ def optimize_for_inference(model: nnx.Module, layout: str = "channels_last",
     ``"channels_last"`` (the model's own graph) or ``"channel_major"`` (module docstring). NHWC input either way.
 
     A batch whose call needs more than ``max_buffer_bytes`` of working memory runs as micro-batches
-    (:mod:`common.runtime.inference`: no page faults per call); ``None`` runs every batch whole.
+    (:mod:`common.runtime.micro_batch`: no page faults per call); ``None`` runs every batch whole.
 
     Later changes to ``model`` (training, ``load_weights``) do not reach the returned function: make a new
     one. The compiled executable holds its own copy of the weights (memory: about one more set of weights).

@@ -158,7 +158,7 @@ def optimize_for_inference(model: keras.Model, layout: str = "channels_last",
     the model itself is not modified. ``layout="channel_major"``: JAX only (module docstring).
 
     On JAX a batch whose call needs more than ``max_buffer_bytes`` of working memory runs as micro-batches
-    (:mod:`common.runtime.inference`); ``None`` runs every batch whole."""
+    (:mod:`common.runtime.micro_batch`); ``None`` runs every batch whole."""
     return InferenceFunction(model, layout, max_buffer_bytes)
 
 

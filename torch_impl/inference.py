@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.runtime.micro_batch import MAX_BUFFER_BYTES, check_max_buffer_bytes, micro_batch_size
+from common.runtime.micro_batch import MAX_BUFFER_BYTES, call_in_slices, check_max_buffer_bytes, micro_batch_size
 from common.spec import ir
 from common.spec.fusion import conv_bn_pairs, fold_batch_norm
 from common.spec.ir import NetworkSpec
@@ -137,10 +137,8 @@ class InferenceModel(nn.Module):
         return self._micro[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = self.micro_batch(x) if x.dim() == 4 else len(x)
-        if rows >= len(x):
-            return self._forward_whole(x)
-        return torch.cat([self._forward_whole(part) for part in x.split(rows)])
+        rows = self.micro_batch(x) if x.dim() == 4 else len(x)  # anything else: the network's own error
+        return call_in_slices(self._forward_whole, x, rows, torch.cat)
 
     def _forward_whole(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "compile":

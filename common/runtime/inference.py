@@ -18,7 +18,7 @@ from ..spec.ir import NetworkSpec
 from . import channel_major
 from .checks import check_input
 from .dtypes import dtype_name
-from .micro_batch import MAX_BUFFER_BYTES, check_max_buffer_bytes, micro_batch_size
+from .micro_batch import MAX_BUFFER_BYTES, call_in_slices, check_max_buffer_bytes, micro_batch_size
 
 
 class InferenceFunction:
@@ -94,10 +94,7 @@ class InferenceFunction:
 
     def __call__(self, x: Any) -> Any:
         x = self._prepare(x)
-        rows = self.micro_batch(x)
-        if rows >= x.shape[0]:
-            return self._forward(x)
-        return self._concatenate([self._forward(x[i:i + rows]) for i in range(0, x.shape[0], rows)])
+        return call_in_slices(self._forward, x, self.micro_batch(x), self._concatenate)
 
     def forward_numpy(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """``{"logits": ...}`` for a NumPy batch in the backend's layout (checked, cast to the model's dtype)."""

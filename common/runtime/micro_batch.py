@@ -18,6 +18,8 @@ so the logits are the same computation; the tests hold the split paths to the or
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 #: The largest buffer one call may allocate before its batch is split: glibc's largest dynamic mmap
 #: threshold (32 MiB on 64-bit), less a MiB for the chunk header and page rounding.
@@ -43,4 +45,14 @@ def micro_batch_size(batch: int, buffer_bytes: int, max_buffer_bytes: int | None
     return divisor if 2 * divisor >= fits else fits
 
 
-__all__ = ["MAX_BUFFER_BYTES", "check_max_buffer_bytes", "micro_batch_size"]
+def call_in_slices(forward: Callable[[Any], Any], x: Any, rows: int,
+                   concatenate: Callable[[Sequence[Any]], Any]) -> Any:
+    """``forward(x)``, as calls on consecutive slices of ``rows`` rows joined by ``concatenate`` when
+    ``rows`` is less than the batch (the last slice may be shorter)."""
+    batch = x.shape[0]
+    if rows >= batch:
+        return forward(x)
+    return concatenate([forward(x[i:i + rows]) for i in range(0, batch, rows)])
+
+
+__all__ = ["MAX_BUFFER_BYTES", "call_in_slices", "check_max_buffer_bytes", "micro_batch_size"]

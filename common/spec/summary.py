@@ -57,17 +57,17 @@ def _peak(node: object, shape: tuple[int, int, int]) -> tuple[tuple[int, int, in
     out, _ = node.trace(shape)
     named = ir.children_of(node)
     peak = max(math.prod(shape), math.prod(out))
-    if not named:
-        return out, peak
-    chained = named if isinstance(node, (ir.Sequential, ir.Stage)) else tuple(
-        (n, c) for n, c in named if not ir.children_of(c))  # a block's own leaves run in order (Bottleneck)
+    if isinstance(node, (ir.Sequential, ir.Stage)):
+        chained, branches = named, ()
+    else:  # a leaf, or a block: its own leaves run in order (Bottleneck), each branch reads the block input
+        chained = tuple(child for child in named if not ir.children_of(child[1]))
+        branches = tuple(child for child in named if ir.children_of(child[1]))
     inner = shape
     for _, child in chained:
         inner, child_peak = _peak(child, inner)
         peak = max(peak, child_peak)
-    for _, child in named:  # a block's branches each read the block input (V2's split half: at most that)
-        if ir.children_of(child) and not isinstance(node, (ir.Sequential, ir.Stage)):
-            peak = max(peak, _peak(child, shape)[1])
+    for _, child in branches:
+        peak = max(peak, _peak(child, shape)[1])
     return out, peak
 
 
