@@ -6,7 +6,8 @@
   5.8 → 4.5 ms, ResNeXt-50 69 → 64 ms. Every eval BatchNorm that directly follows a conv is folded into
   it (``common.spec.fusion``, in float64, at creation): the walk calls the conv with the folded kernel plus a
   bias and skips the BatchNorm layer, as ONNX Runtime does at load time.
-* TensorFlow: ``tf.function(jit_compile=True)`` (XLA) reading the model's variables.
+* TensorFlow: the same walk (weights as graph constants, BatchNorm folded) in ``tf.function(jit_compile=True)``
+  (XLA), one trace per input shape.
 * torch: the model's forward under ``torch.inference_mode()`` (no graph compiler is used).
 
 On JAX, ``layout="channel_major"`` jits :mod:`common.runtime.channel_major`'s graph instead (activations
@@ -41,8 +42,8 @@ KERNELS = channel_major.Kernels(xp=keras.ops, const=keras.ops.convert_to_tensor,
 
 
 class InferenceFunction(BaseInferenceFunction):
-    """``logits = fast(x_nhwc)`` in eval mode. On JAX the weights are those of creation time; on TensorFlow
-    and torch the function reads the model's variables. Either way, make a new one after changing weights."""
+    """``logits = fast(x_nhwc)`` in eval mode. On JAX and TensorFlow the weights are those of creation time;
+    on torch the function reads the model's variables. Either way, make a new one after changing weights."""
 
     backend = "keras_impl"
     layouts = ("channels_last", "channel_major")
@@ -81,30 +82,18 @@ def _compile(model: keras.Model, backend: str) -> Callable[[Any], Any]:
     if backend == "jax":
         import jax  # noqa: PLC0415 - Keras's own backend library
 
-        snapshot = [(v, v.value) for v in model.variables]  # the weights of creation time, as constants
-        folded, skipped = folded_batch_norms(model)
-        dtype = model.groupnets_dtype
-
-        def operation_fn(op: Any) -> Callable[..., Any]:
-            if id(op) in folded:
-                return _folded_conv(op, *folded[id(op)])
-            if id(op) in skipped:
-                return lambda x, **kwargs: x
-            if isinstance(op, keras.layers.Layer):
-                return lambda *args, **kwargs: op(*args, training=False, **kwargs)
-            return op
-
-        def forward(x: Any) -> Any:
-            with keras.StatelessScope(state_mapping=snapshot):
-                return model._run_through_graph(keras.ops.cast(x, dtype), operation_fn=operation_fn)  # noqa: SLF001
-        return jax.jit(forward)
+        # the variables' own arrays, closed over: jit makes them constants (no copy)
+        return jax.jit(_frozen_forward(model, lambda v: v.value, lambda a: a))
     if backend == "tensorflow":
         import tensorflow as tf  # noqa: PLC0415
 
-        # One trace per input shape, as XLA compiles one per shape anyway: with static H, W it ran ShuffleNet
-        # V1 g3 batch 32 at 224 in 120 ms against 136-137 from one dynamic-shape trace (ResNeXt-50 even),
-        # and the first call took 1.9 s against 3.1 (2026-12-07, in-process).
-        return tf.function(lambda x: model(x, training=False), jit_compile=True, reduce_retracing=False)
+        # Host copies, made graph constants inside each trace (an eager tensor closed over would be a
+        # captured *input* to XLA). One trace per input shape, as XLA compiles one per shape anyway: with
+        # static H, W it ran ShuffleNet V1 g3 batch 32 at 224 in 120 ms against 136-137 from one
+        # dynamic-shape trace (2026-12-07, in-process). Constants + folding, same process, interleaved,
+        # batch 32: V1 g3 112-120 → 96-101 ms, ResNeXt-50 (taps on) 936-958 → 884-926 ms.
+        return tf.function(_frozen_forward(model, lambda v: keras.ops.convert_to_numpy(v.value), tf.constant),
+                           jit_compile=True, reduce_retracing=False)
     if backend == "torch":
         import torch  # noqa: PLC0415
 
@@ -115,9 +104,33 @@ def _compile(model: keras.Model, backend: str) -> Callable[[Any], Any]:
     raise ValueError(f"keras_impl.optimize_for_inference: unsupported Keras backend {backend!r}")
 
 
-def folded_batch_norms(model: keras.Model) -> tuple[dict[int, tuple[Any, Any]], set[int]]:
-    """``({id(conv layer): (folded kernel, bias)}, {id(BatchNorm layer) to skip})`` for every BatchNorm
-    that reads only a conv's output (the spec's conv → BN pairs, checked against the layer graph)."""
+def _frozen_forward(model: keras.Model, value: Callable[[Any], Any],
+                    constant: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """The model's eval forward with its weights of now as compile-time constants and every conv → BN pair
+    folded (:func:`folded_batch_norms`), for XLA to trace. ``value(variable)`` is what is kept of a weight;
+    ``constant(kept)``, called inside the trace, what the traced graph holds."""
+    weights = [(v, value(v)) for v in model.variables]
+    folded, skipped = folded_batch_norms(model)
+    dtype = model.groupnets_dtype
+
+    def forward(x: Any) -> Any:
+        def operation_fn(op: Any) -> Callable[..., Any]:
+            if id(op) in folded:
+                return _folded_conv(op, *(constant(a) for a in folded[id(op)]))
+            if id(op) in skipped:
+                return lambda x, **kwargs: x
+            if isinstance(op, keras.layers.Layer):
+                return lambda *args, **kwargs: op(*args, training=False, **kwargs)
+            return op
+
+        with keras.StatelessScope(state_mapping=[(v, constant(a)) for v, a in weights]):
+            return model._run_through_graph(keras.ops.cast(x, dtype), operation_fn=operation_fn)  # noqa: SLF001
+    return forward
+
+
+def folded_batch_norms(model: keras.Model) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], set[int]]:
+    """``({id(conv layer): (folded kernel, bias) as host arrays}, {id(BatchNorm layer) to skip})`` for every
+    BatchNorm that reads only a conv's output (the spec's conv → BN pairs, checked against the layer graph)."""
     folded: dict[int, tuple[Any, Any]] = {}
     skipped: set[int] = set()
     readers = model._consumer_counts()  # noqa: SLF001 - GroupNet's own: {id(symbolic tensor): readers}
@@ -137,8 +150,7 @@ def folded_batch_norms(model: keras.Model) -> tuple[dict[int, tuple[Any, Any]], 
         flat = kernel.reshape(*kernel.shape[:2], -1, channels)
         weight, shift = fold_batch_norm(flat, bias, gamma, beta, numpy(bn.moving_mean),
                                         numpy(bn.moving_variance), bn.epsilon, out_axis=-1)
-        folded[id(conv)] = (keras.ops.convert_to_tensor(weight.reshape(kernel.shape)),
-                            keras.ops.convert_to_tensor(shift))
+        folded[id(conv)] = (weight.reshape(kernel.shape), shift)
         skipped.add(id(bn))
     return folded, skipped
 
@@ -146,7 +158,7 @@ def folded_batch_norms(model: keras.Model) -> tuple[dict[int, tuple[Any, Any]], 
 def _folded_conv(layer: keras.layers.Layer, kernel: Any, bias: Any) -> Callable[..., Any]:
     """``layer``'s own fast conv with a BatchNorm-folded ``kernel``, plus the folded ``bias``."""
     def run(x: Any, **kwargs: Any) -> Any:
-        # JAX only: there ``depthwise_op`` always has a fast op (None is TensorFlow graph mode's answer)
+        # under XLA ``depthwise_op`` always has a fast op (None is TensorFlow graph mode's answer)
         y = layer.convolution_op(x, kernel) if isinstance(layer, Conv2D) else layer.depthwise_op(x, kernel)
         return y + bias
     return run

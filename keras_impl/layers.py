@@ -389,8 +389,8 @@ class ShuffleAttention(keras.layers.Layer):
 # | depthwise k x k      | native tf kernel    | k*k shifted multiply-adds (~40x)    | NCHW view conv (2x)  |
 # | 1x1, groups=1        | native              | matmul on JAX (~2x); native on TF   | NCHW view conv       |
 # | 1x1, groups>1        | batched matmul      | batched matmul (V1 g3: 1.5x)        | NCHW view conv       |
-# | k x k, k*k*C_in/g<=72| per-group convs (8x)| JAX: shifted multiply-adds (2.5x);  | NCHW view conv (3x)  |
-# |   (incl. 3x3 stems)  |   (dense: native)   |   TF+XLA: per-group convs / native  | (stems: see code)    |
+# | k x k, k*k*C_in/g<=72| per-group convs (8x)| shifted multiply-adds (JAX 2.5x;    | NCHW view conv (3x)  |
+# |   (incl. 3x3 stems)  |   (dense: native)   |   TF+XLA ResNeXt-50 1.15x)          | (stems: see code)    |
 # | k x k, groups>1      | per-group convs (8x)| per-group convs (2-4x)              | NCHW view conv (3x)  |
 #
 # Under XLA in float64 a grouped conv is one XLA conv, never per-group ops: XLA CPU compiles every float64
@@ -497,7 +497,7 @@ class Conv2D(keras.layers.Conv2D):
             if one_grouped_conv:
                 return super().convolution_op(inputs, kernel)
             return _grouped_matmul(x, kernel[0, 0], g)
-        if backend == "jax" and use_taps(kh, kw, cin_g):
+        if use_taps(kh, kw, cin_g) and _uses_xla(inputs):
             return xla_conv.taps_sum(ops, inputs, kernel, g, strides)
         if g > 1 and not one_grouped_conv:
             return xla_conv.per_group(ops, inputs, kernel, g,

@@ -2,7 +2,7 @@
 for ``flax_impl`` and ``keras_impl``: NHWC input, HWIO kernels, VALID convs without dilation.
 
 Framework-free: every function takes the array namespace ``xp`` — ``jax.numpy`` (Flax) or ``keras.ops``
-(Keras on TensorFlow, JAX and torch) — and uses only what both spell the same way (``reshape``,
+(Keras on TensorFlow, JAX and torch) — and uses only what both spell the same way (``shape``, ``reshape``,
 ``transpose``, ``pad``, ``split``, ``concatenate`` and the tensors' own slicing). The products they spell
 differently (Flax's ``dot_general`` / ``conv_general_dilated`` at full precision, Keras's ``ops.matmul`` /
 ``ops.conv``) are passed in as functions.
@@ -25,6 +25,7 @@ Product = Callable[[Array, Array], Array]
 class Namespace(Protocol):
     """The array operations used here, spelled alike by ``jax.numpy`` and ``keras.ops``."""
 
+    def shape(self, x: Array, /) -> tuple: ...
     def reshape(self, x: Array, shape: tuple, /) -> Array: ...
     def transpose(self, x: Array, axes: tuple[int, ...], /) -> Array: ...
     def pad(self, x: Array, pad_width: tuple, /) -> Array: ...
@@ -80,12 +81,13 @@ def taps_sum(xp: Namespace, x: Array, kernel: Array, groups: int, strides: tuple
     """A grouped conv as ``Σ_taps Σ_c window[..., g, c] · kernel[i, j, c, g, :]`` (``c``: input channel within
     group ``g``): k·k·in/groups broadcast multiply-adds that XLA fuses into one loop, faster than its conv
     where each output sums few products. Depthwise is ``in/groups == 1`` with the channel multiplier last
-    (output channel ``c·mult + m``, PyTorch's order). Static spatial dims."""
+    (output channel ``c·mult + m``, PyTorch's order). Dims may be dynamic (TF + XLA traces), as in
+    :func:`windows`."""
     kh, kw, per_in, out = kernel.shape
     kernel = xp.reshape(kernel, (kh, kw, per_in, groups, out // groups))
     acc = None
     for i, j, win in windows(xp, x, (kh, kw), strides, pad):
-        lead = tuple(win.shape[:3])
+        lead = tuple(xp.shape(win)[:3])
         win = xp.reshape(win, (*lead, groups, per_in))
         for c in range(per_in):
             term = win[..., c:c + 1] * kernel[i, j, c]
