@@ -1,14 +1,19 @@
 """The recommended eval path per Keras backend: one compiled ``x -> logits`` function.
 
-* JAX: ``jax.jit`` of the model's graph with the weights captured at creation as compile-time constants
-  (as an ONNX Runtime session holds its initializers). ``predict_on_batch`` passes every variable as an
-  argument on every call; measured in one process, interleaved: ShuffleNet V2 x1.0 at batch 1
-  5.8 → 4.5 ms, ResNeXt-50 69 → 64 ms. Every eval BatchNorm that directly follows a conv is folded into
-  it (``common.spec.fusion``, in float64, at creation): the walk calls the conv with the folded kernel plus a
-  bias and skips the BatchNorm layer, as ONNX Runtime does at load time.
-* TensorFlow: the same walk (weights as graph constants, BatchNorm folded) in ``tf.function(jit_compile=True)``
-  (XLA), one trace per input shape.
+* JAX: ``jax.jit`` of the model's graph, with the weights of creation time bound as its arguments. Against
+  ``predict_on_batch`` (measured with the weights as constants, in one process, interleaved): ShuffleNet
+  V2 x1.0 at batch 1 5.8 → 4.5 ms, ResNeXt-50 69 → 64 ms. Every eval BatchNorm that directly follows a
+  conv is folded into it (``common.spec.fusion``, in float64, at creation): the walk calls the conv with
+  the folded kernel plus a bias and skips the BatchNorm layer, as ONNX Runtime does at load time.
+* TensorFlow: the same walk in ``tf.function(jit_compile=True)`` (XLA), the weights copied into variables
+  of the function's own; one trace per input shape.
 * torch: the model's forward under ``torch.inference_mode()`` (no graph compiler is used).
+
+The weights are arguments, not compile-time constants: as constants (measured 2026-12-07, batch 32 at
+224, a process each) they ran no faster and cost memory and compile time — Keras on JAX, ResNeXt-50
+1076 ms, peak 1404 MB, first call 7.6 s as constants against 1077 ms, 1024 MB, 4.5 s as arguments (V2
+and V1 g3 even in time; batch 1 within 0.1-0.2 ms); on TensorFlow, ResNeXt-50 peak 3.7 against 2.1 GB
+and SA-ResNet-50 3.4 against 1.7 GB at the same speed.
 
 On JAX, ``layout="channel_major"`` jits :mod:`common.runtime.channel_major`'s graph instead (activations
 ``(C, H, W, N)``, spelled in ``keras.ops``, the canonical weights folded at trace time) — the same graph
@@ -21,6 +26,7 @@ This module imports the *active Keras backend's* own library (lazily, per backen
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -82,18 +88,16 @@ def _compile(model: keras.Model, backend: str) -> Callable[[Any], Any]:
     if backend == "jax":
         import jax  # noqa: PLC0415 - Keras's own backend library
 
-        # the variables' own arrays, closed over: jit makes them constants (no copy)
-        return jax.jit(_frozen_forward(model, lambda v: v.value, lambda a: a))
+        forward, weights = _frozen_forward(model, jax.numpy.asarray)
+        return _BoundWeights(jax.jit(forward), weights)
     if backend == "tensorflow":
         import tensorflow as tf  # noqa: PLC0415
 
-        # Host copies, made graph constants inside each trace (an eager tensor closed over would be a
-        # captured *input* to XLA). One trace per input shape, as XLA compiles one per shape anyway: with
-        # static H, W it ran ShuffleNet V1 g3 batch 32 at 224 in 120 ms against 136-137 from one
-        # dynamic-shape trace (2026-12-07, in-process). Constants + folding, same process, interleaved,
-        # batch 32: V1 g3 112-120 → 96-101 ms, ResNeXt-50 (taps on) 936-958 → 884-926 ms.
-        return tf.function(_frozen_forward(model, lambda v: keras.ops.convert_to_numpy(v.value), tf.constant),
-                           jit_compile=True, reduce_retracing=False)
+        # One trace per input shape, as XLA compiles one per shape anyway: with static H, W it ran ShuffleNet
+        # V1 g3 batch 32 at 224 in 120 ms against 136-137 from one dynamic-shape trace, first call 1.9 s
+        # against 3.1 (2026-12-07, in-process).
+        forward, weights = _frozen_forward(model, lambda array: tf.Variable(array, trainable=False))
+        return tf.function(functools.partial(forward, weights), jit_compile=True, reduce_retracing=False)
     if backend == "torch":
         import torch  # noqa: PLC0415
 
@@ -104,28 +108,51 @@ def _compile(model: keras.Model, backend: str) -> Callable[[Any], Any]:
     raise ValueError(f"keras_impl.optimize_for_inference: unsupported Keras backend {backend!r}")
 
 
-def _frozen_forward(model: keras.Model, value: Callable[[Any], Any],
-                    constant: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """The model's eval forward with its weights of now as compile-time constants and every conv → BN pair
-    folded (:func:`folded_batch_norms`), for XLA to trace. ``value(variable)`` is what is kept of a weight;
-    ``constant(kept)``, called inside the trace, what the traced graph holds."""
-    weights = [(v, value(v)) for v in model.variables]
+#: ``(the kept weights in variable order, {id(conv layer): (folded kernel, bias)})``, as a compiler's argument.
+Weights = tuple[list[Any], dict[int, tuple[Any, Any]]]
+
+
+def _frozen_forward(model: keras.Model, hold: Callable[[Any], Any]) -> tuple[Callable[[Weights, Any], Any], Weights]:
+    """``(forward(weights, x), weights)``: the model's eval forward with every conv → BN pair folded
+    (:func:`folded_batch_norms`), for a compiler to trace, and the weights of now it reads, each kept by
+    ``hold(array)`` — the folded ones and the model's others, never the kernels and statistics folding
+    replaced. The weights are the compiled function's *arguments*, not constants: as constants they ran
+    no faster and cost memory and compile time (module docstring)."""
     folded, skipped = folded_batch_norms(model)
+    replaced = {id(v) for layer in model.layers if id(layer) in folded or id(layer) in skipped
+                for v in layer.variables}
+    kept = [v for v in model.variables if id(v) not in replaced]
+    weights = ([hold(v.value) for v in kept], {key: (hold(k), hold(b)) for key, (k, b) in folded.items()})
     dtype = model.groupnets_dtype
 
-    def forward(x: Any) -> Any:
+    def forward(weights: Weights, x: Any) -> Any:
+        values, convs = weights
+
         def operation_fn(op: Any) -> Callable[..., Any]:
-            if id(op) in folded:
-                return _folded_conv(op, *(constant(a) for a in folded[id(op)]))
+            if id(op) in convs:
+                return _folded_conv(op, *convs[id(op)])
             if id(op) in skipped:
                 return lambda x, **kwargs: x
             if isinstance(op, keras.layers.Layer):
                 return lambda *args, **kwargs: op(*args, training=False, **kwargs)
             return op
 
-        with keras.StatelessScope(state_mapping=[(v, constant(a)) for v, a in weights]):
+        with keras.StatelessScope(state_mapping=list(zip(kept, values))):
             return model._run_through_graph(keras.ops.cast(x, dtype), operation_fn=operation_fn)  # noqa: SLF001
-    return forward
+    return forward, weights
+
+
+class _BoundWeights:
+    """A jitted ``f(weights, x)`` with its weights bound: called and lowered like a jitted ``f(x)``."""
+
+    def __init__(self, jitted: Any, weights: Weights) -> None:
+        self.jitted, self.weights = jitted, weights
+
+    def __call__(self, x: Any) -> Any:
+        return self.jitted(self.weights, x)
+
+    def lower(self, x: Any) -> Any:
+        return self.jitted.lower(self.weights, x)
 
 
 def folded_batch_norms(model: keras.Model) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], set[int]]:
