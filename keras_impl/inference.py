@@ -158,7 +158,7 @@ class _BoundWeights:
 def folded_batch_norms(model: keras.Model) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], set[int]]:
     """``({id(conv layer): (folded kernel, bias) as host arrays}, {id(BatchNorm layer) to skip})`` for every
     BatchNorm that reads only a conv's output (the spec's conv → BN pairs, checked against the layer graph)."""
-    folded: dict[int, tuple[Any, Any]] = {}
+    folded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     skipped: set[int] = set()
     readers = model._consumer_counts()  # noqa: SLF001 - GroupNet's own: {id(symbolic tensor): readers}
     for conv_path, bn_path in conv_bn_pairs(model.spec):
