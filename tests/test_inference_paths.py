@@ -393,6 +393,28 @@ def test_keras_inference_folds_every_batch_norm(framework, model):
 
 
 @pytest.mark.parametrize("framework", ["keras", "flax"])
+def test_optimized_function_keeps_the_weights_it_was_made_with(framework):
+    """On JAX and TensorFlow the function holds the weights of its creation (folded, or copied into variables
+    of its own): loading others into the model afterwards does not reach it. Keras on torch runs the model
+    itself, so it runs the new weights at once — each as documented."""
+    backend = import_backend(framework)
+    spec = get_spec("shufflenet_v2_x0_5", 10)
+    net = backend.create_model(spec)
+    backend.load_weights(net, random_weights(spec, 0, "float32"))
+    x = random_input((1, 32, 32, 3), seed=3, dtype="float32")
+    fast = backend.optimize_for_inference(net)
+    before = fast.forward_numpy(x)["logits"]
+    backend.load_weights(net, random_weights(spec, 1, "float32"))
+    after = fast.forward_numpy(x)["logits"]
+    own = backend.forward_numpy(net, x)["logits"]  # the model's own forward, on the new weights
+    assert compare(before, own)[1] > 1e-2  # the two weight sets give other logits
+    if framework == "flax" or keras_backend() != "torch":
+        assert np.array_equal(after, before)
+    else:
+        assert compare(after, own)[1] <= BOUNDS["float32"]
+
+
+@pytest.mark.parametrize("framework", ["keras", "flax"])
 def test_optimized_function_leaves_the_model_alone(framework):
     """The model keeps its mode and weights; a non-network is refused with a clear error."""
     backend = import_backend(framework)
