@@ -109,7 +109,7 @@ def run_row(row: str, model: str, batch: int, size: int, threads: int, warmup: i
             import keras_impl
             net = keras_impl.create_model(model)
             keras_impl.load_weights(net, weights)
-        if row in ("keras_jax_inference", "keras_jax_channel_major"):  # weights as jit constants
+        if row in ("keras_jax_inference", "keras_jax_channel_major"):  # keras_impl's recommended path on JAX
             import jax
             fast = keras_impl.optimize_for_inference(net, layout="channel_major" if row.endswith("major")
                                                      else "channels_last")
